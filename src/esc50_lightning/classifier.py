@@ -1,0 +1,197 @@
+"""One LightningModule for every architecture: features on the device, logits, loss and metrics."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from esc50_lightning.features import FeatureExtractor
+from esc50_lightning.metrics import classification_metrics, confusion_figure
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class AudioClassifier(L.LightningModule):
+    """Wraps any ``nn.Module`` over log-mels.
+
+    ``on_after_batch_transfer`` turns batches (waveforms or cached log-mels) into model inputs on
+    the training device; SpecAugment and the random crop apply only in training mode. Metrics
+    are accumulated over the whole epoch, never averaged over batches.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        features: FeatureExtractor,
+        optimizer: OptimizerFactory,
+        class_names: Sequence[str],
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        mixup_alpha: float = 0.0,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.net = net
+        self.features = features
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.class_names = list(class_names)
+        self.mixup_alpha = mixup_alpha
+        self.label_smoothing = label_smoothing
+        self.channels_last = channels_last
+        self.compile = compile
+        n = len(self.class_names)
+        # ModuleDict keys cannot be "train" (an nn.Module method): key by "<stage>_".
+        self.metrics = nn.ModuleDict({f"{s}_": classification_metrics(n) for s in ("train", "val", "test")})
+        self.losses = nn.ModuleDict({f"{s}_": MeanMetric() for s in ("train", "val", "test")})
+        self.confusion = MulticlassConfusionMatrix(n)
+        self.history: list[dict[str, float]] = []  # one entry per validation epoch
+        self.test_results: dict[str, float] = {}
+        self.run_info: dict[str, Any] = {}  # config and data description, saved in checkpoints
+        self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.last_val_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_test_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._best_val_loss = float("inf")
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def configure_model(self) -> None:
+        if self.compile and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
+            self.net = torch.compile(self.net)
+
+    # ---- forward ---------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict:
+        x = self.features(batch["x"])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return {**batch, "x": x}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # ---- steps -----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch["x"], batch["y"]
+        if self.mixup_alpha > 0:
+            lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
+            perm = torch.randperm(x.shape[0], device=x.device)
+            logits = self(lam * x + (1 - lam) * x[perm])
+            loss = lam * self._loss(logits, y) + (1 - lam) * self._loss(logits, y[perm])
+            y = y if lam >= 0.5 else y[perm]  # metrics follow the dominant clip
+        else:
+            logits = self(x)
+            loss = self._loss(logits, y)
+        self.losses["train_"].update(loss.detach(), weight=x.shape[0])
+        self.metrics["train_"].update(logits.detach(), y)
+        return loss
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+
+    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> None:
+        logits = self(batch["x"]).float()
+        loss = F.cross_entropy(logits, batch["y"])
+        self.losses[stage + "_"].update(loss, weight=batch["y"].shape[0])
+        self.metrics[stage + "_"].update(logits, batch["y"])
+        if stage == "val":
+            self.confusion.update(logits, batch["y"])
+        self._eval_outputs.append((batch["row"].detach().cpu(), logits.detach().cpu()))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    # ---- epoch ends ------------------------------------------------------------------------
+    def _epoch_values(self, stage: str) -> dict[str, float]:
+        values = {f"{stage}/loss": self.losses[stage + "_"].compute()}
+        values.update({f"{stage}/{k}": v for k, v in self.metrics[stage + "_"].compute().items()})
+        self.losses[stage + "_"].reset()
+        self.metrics[stage + "_"].reset()
+        self.log_dict(values, sync_dist=False)  # torchmetrics already synced across ranks
+        return {k: float(v) for k, v in values.items()}
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_values("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_outputs = []
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._epoch_values("val")
+        matrix = self.confusion.compute().cpu().numpy()
+        self.confusion.reset()
+        self.last_val_outputs = self._gather_outputs()
+        if self.trainer.sanity_checking:
+            return
+        self.history.append({"epoch": self.current_epoch, **values})
+        if values["val/loss"] < self._best_val_loss:
+            self._best_val_loss = values["val/loss"]
+            self._log_confusion(matrix, values)
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_outputs = []
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._epoch_values("test")
+        self.last_test_outputs = self._gather_outputs()
+
+    def _gather_outputs(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        outputs = self._eval_outputs
+        self._eval_outputs = []
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, outputs)
+            outputs = [item for part in gathered for item in part]
+        if not outputs:
+            return None
+        rows = torch.cat([r for r, _ in outputs])
+        logits = torch.cat([lg for _, lg in outputs])
+        order = torch.argsort(rows)
+        return rows[order], logits[order]
+
+    def _log_confusion(self, matrix: Any, values: dict[str, float]) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if self.global_rank != 0 or not hasattr(experiment, "add_figure"):
+            return
+        title = f"epoch {self.current_epoch}: val acc {values['val/acc']:.3f} (lowest val loss so far)"
+        fig = confusion_figure(matrix, self.class_names, title)
+        experiment.add_figure("val/confusion_matrix_best", fig, global_step=self.current_epoch)
+        plt.close(fig)
+
+    # ---- optimisation ----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs: dict[str, Any] = {}
+        params = inspect.signature(self.scheduler_factory).parameters
+        if "total_steps" in params:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        interval = "step" if "total_steps" in params else self.scheduler_interval
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["esc50"] = {**self.run_info, "history": self.history}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("esc50", {})
+        self.history = list(info.get("history", []))
+        if self.history:
+            self._best_val_loss = min(h["val/loss"] for h in self.history)

@@ -1,0 +1,38 @@
+"""User-facing errors: one clear line, a non-zero exit, no traceback unless asked for."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """A mistake in the user's data, config or command line; shown without a traceback."""
+
+
+class DataError(UserError):
+    """The dataset (CSV or audio files) has problems; ``problems`` lists every one found."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"dataset check failed ({count}):\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def show_tracebacks() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("ESC50_FULL_ERROR") == "1"
+
+
+def run_guarded(fn: Callable[[], T]) -> T:
+    """Run ``fn``; turn a ``UserError`` into ``error: ...`` on stderr and exit status 2."""
+    try:
+        return fn()
+    except UserError as err:
+        if show_tracebacks():
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,53 @@
+"""Where logits become metrics: epoch-level torchmetrics and confusion-matrix figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torchmetrics import MetricCollection  # noqa: E402
+from torchmetrics.classification import (  # noqa: E402
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+METRIC_NAMES = ("acc", "precision", "recall", "f1")
+
+
+def classification_metrics(num_classes: int) -> MetricCollection:
+    """Accuracy (share of clips right) and macro precision, recall and F1, accumulated over an epoch."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "precision": MulticlassPrecision(num_classes, average="macro"),
+            "recall": MulticlassRecall(num_classes, average="macro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        }
+    )
+
+
+def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> Figure:
+    """Row-normalised confusion matrix (true class down, predicted across) with class names."""
+    matrix = np.asarray(matrix, dtype=float)
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    n = len(class_names)
+    size = max(6.0, 0.22 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.92), dpi=100)
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), labels=class_names, rotation=90, fontsize=7 if n > 20 else 9)
+    ax.set_yticks(range(n), labels=class_names, fontsize=7 if n > 20 else 9)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02, label="share of the true class")
+    fig.tight_layout()
+    return fig

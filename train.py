@@ -1,0 +1,17 @@
+"""Train a model on a folded audio dataset: `python train.py model=cnn8 data.fold=1` (see README)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from esc50_lightning.cli import guarded_task
+from esc50_lightning.train import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = guarded_task(train, cfg)
+    return metrics.get("headline", {}).get("acc") if metrics else None
+
+
+if __name__ == "__main__":
+    main()
