@@ -1,0 +1,71 @@
+"""Shared fixtures: the real ESC-50 clips (../shared/esc50 or ESC50_ROOT) and a train.py runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "esc50"
+
+# Quick-run overrides: 1 clip per class and fold (250 clips), one epoch, CPU, no Rich widgets.
+QUICK = [
+    "data.limit_per_class=1",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+    "data.batch_size=25",
+]
+
+
+def _complete(root: Path) -> bool:
+    return (root / "meta" / "esc50.csv").is_file() and len(list((root / "audio").glob("*.wav"))) == 2000
+
+
+@pytest.fixture(scope="session")
+def esc50_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The official ESC-50 layout: ESC50_ROOT if it is complete, else materialised from ../shared."""
+    env = os.environ.get("ESC50_ROOT")
+    if env and _complete(Path(env)):
+        return Path(env)
+    dest = tmp_path_factory.mktemp("esc50")
+    subprocess.run([sys.executable, str(SHARED / "materialize.py"), str(dest)], check=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache shared by the whole test session (real decode once, reused)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def run_train(esc50_root: Path, cache_dir: Path, tmp_path: Path):
+    """Run ``python <script> overrides...`` in the repository with outputs under tmp_path."""
+
+    def run(*overrides: str, script: str = "train.py", quick: bool = True, check: bool = True, env=None):
+        full_env = {
+            **os.environ,
+            "ESC50_ROOT": str(esc50_root),
+            "ESC50_CACHE": str(cache_dir),
+            "ESC50_OUTPUTS": str(tmp_path / "outputs"),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        args = [sys.executable, script, *(QUICK if quick else []), *overrides]
+        proc = subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+def run_dirs(outputs: Path) -> list[Path]:
+    """Run folders (those holding a .hydra record) under an outputs folder, oldest first."""
+    return sorted(p.parent for p in outputs.rglob(".hydra"))
