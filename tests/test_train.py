@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -38,7 +39,7 @@ def test_train_one_epoch_leaves_checkpoints_events_and_metrics(run_train, tmp_pa
     assert abs(metrics["final"]["acc"] - scalars["val/acc"][-1]) < 1e-6
     predictions = (run / "predictions_val.csv").read_text().splitlines()
     assert len(predictions) == 1 + 50  # one clip per class in fold 1
-    assert "best val loss" in proc.stdout and "final epoch" in proc.stdout
+    assert "lowest val loss" in proc.stdout and "final epoch" in proc.stdout
 
 
 def test_multirun_two_models(run_train, tmp_path):
@@ -73,6 +74,7 @@ def test_every_config_option_composes_and_instantiates(override, monkeypatch, tm
     for name, callback in (cfg.callbacks or {}).items():
         if callback:
             assert instantiate(callback) is not None, name
-    if cfg.trainer.get("strategy") != "ddp":
+    needs_gpu = cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available()
+    if cfg.trainer.get("strategy") != "ddp" and not needs_gpu:  # those are exercised where they run
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         assert trainer.max_epochs == cfg.trainer.max_epochs

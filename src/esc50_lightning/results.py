@@ -93,7 +93,7 @@ def print_summary(metrics: dict[str, Any], run_dir: Path, best_ckpt: str | None,
         table.add_column(name, justify="right")
     labels = {
         "final": "final epoch",
-        "best": "best val loss" + (" (selected on this fold)" if metrics["protocol"] == "cv" else ""),
+        "best": "lowest val loss" + ("*" if metrics["protocol"] == "cv" else ""),
         "test": "test (holdout)",
     }
     for key, label in labels.items():
@@ -102,6 +102,8 @@ def print_summary(metrics: dict[str, Any], run_dir: Path, best_ckpt: str | None,
             epoch = str(row.get("epoch", metrics.get("best", {}).get("epoch", "")))
             table.add_row(label, epoch, *(f"{row[m]:.4f}" for m in ("loss", *METRIC_NAMES)))
     console.print(table)
+    if metrics["protocol"] == "cv" and "best" in metrics:
+        console.print("* epoch selected on the evaluation fold itself: optimistic, not a headline figure")
     console.print(f"run dir: {run_dir}")
     if best_ckpt:
         console.print(f"best checkpoint: {best_ckpt}")
