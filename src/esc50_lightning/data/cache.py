@@ -1,0 +1,107 @@
+"""On-disk array cache: written atomically under a lock, validated when read, rebuilt when bad.
+
+Each entry is ``<dir>/<name>.npy`` plus ``<name>.json`` (the commit marker, written last) that
+records the key, shape, dtype and byte size. An entry whose marker is missing or disagrees with
+the file is treated as absent and rebuilt; concurrent builders serialise on ``<name>.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class ArrayCache:
+    """One cached array identified by ``key`` (a fingerprint of everything it depends on)."""
+
+    def __init__(self, directory: Path, name: str, key: str):
+        self.directory = Path(directory)
+        self.name = name
+        self.key = key
+        self.array_path = self.directory / f"{name}.npy"
+        self.marker_path = self.directory / f"{name}.json"
+        self.lock_path = self.directory / f"{name}.lock"
+
+    def load(self) -> np.ndarray | None:
+        """The cached array (memory-mapped), or None when absent, stale or damaged."""
+        try:
+            meta = json.loads(self.marker_path.read_text())
+            if meta.get("key") != self.key:
+                return None
+            if self.array_path.stat().st_size != meta["bytes"]:
+                return None
+            array = np.load(self.array_path, mmap_mode="r", allow_pickle=False)
+            if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
+                return None
+            return array
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+            return None
+
+    def get_or_build(self, build: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+        """Return ``(array, built)``; at most one process builds, the others wait and read."""
+        array = self.load()
+        if array is not None:
+            return array, False
+        with file_lock(self.lock_path):
+            array = self.load()  # another process may have finished while we waited
+            if array is not None:
+                return array, False
+            self.write(np.ascontiguousarray(build()))
+            array = self.load()
+            assert array is not None, f"cache entry {self.array_path} unreadable right after writing"
+            return array, True
+
+    def write(self, array: np.ndarray) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.marker_path.unlink()  # invalidate first: a crash below leaves no valid-looking entry
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{self.name}.", suffix=".npy.tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.array_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        meta = {
+            "key": self.key,
+            "shape": list(array.shape),
+            "dtype": str(array.dtype),
+            "bytes": self.array_path.stat().st_size,
+        }
+        _atomic_write_bytes(self.marker_path, json.dumps(meta).encode())

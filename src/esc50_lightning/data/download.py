@@ -1,0 +1,82 @@
+"""Fetch the official ESC-50 archive when the data is absent; verify it before it becomes visible."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+
+from esc50_lightning.data.table import DatasetSpec
+from esc50_lightning.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ESC50_URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
+
+
+def _layout_hint(spec: DatasetSpec) -> str:
+    return (
+        f"expected {spec.csv_path} and {spec.root_path / spec.audio_dir}/*.wav. Put the dataset there, "
+        "or point to it with data.dataset.root=PATH or the ESC50_ROOT environment variable"
+    )
+
+
+def ensure_dataset(spec: DatasetSpec, sha256: str | None = None) -> None:
+    """Make sure ``spec.root`` holds the dataset, downloading it when a URL is configured."""
+    if spec.csv_path.is_file():
+        return
+    if not spec.download_url:
+        raise UserError(f"dataset {spec.name!r} not found: {_layout_hint(spec)}")
+    if spec.root_path.exists() and any(spec.root_path.iterdir()):
+        raise UserError(f"{spec.root_path} exists but has no {spec.csv}: {_layout_hint(spec)}")
+    log.info("Downloading %s from %s", spec.name, spec.download_url)
+    try:
+        download_and_extract(spec, sha256)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(
+            f"dataset {spec.name!r} not found and download from {spec.download_url} failed "
+            f"({err.__class__.__name__}: {err}); {_layout_hint(spec)}"
+        ) from err
+
+
+def download_and_extract(spec: DatasetSpec, sha256: str | None = None) -> None:
+    root = spec.root_path
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.download.") as tmp:
+        archive = Path(tmp) / "archive.zip"
+        with urllib.request.urlopen(spec.download_url, timeout=60) as response, open(archive, "wb") as out:
+            shutil.copyfileobj(response, out, length=1 << 20)
+        if sha256:
+            digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+            if digest != sha256:
+                raise UserError(f"{spec.download_url}: checksum mismatch (got {digest}, expected {sha256})")
+        extracted = Path(tmp) / "extracted"
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(extracted)
+        top = _find_root(extracted, spec.csv)
+        _verify(spec, top)
+        top.rename(root)  # same filesystem: the dataset appears whole or not at all
+    log.info("Dataset ready at %s", root)
+
+
+def _find_root(extracted: Path, csv_rel: str) -> Path:
+    for candidate in [extracted, *sorted(p for p in extracted.iterdir() if p.is_dir())]:
+        if (candidate / csv_rel).is_file():
+            return candidate
+    raise UserError(f"downloaded archive has no {csv_rel}")
+
+
+def _verify(spec: DatasetSpec, top: Path) -> None:
+    frame = pd.read_csv(top / spec.csv)
+    audio = top / spec.audio_dir
+    missing = [f for f in frame[spec.file_column].astype(str) if not (audio / f).is_file()]
+    if missing:
+        raise UserError(f"downloaded archive is incomplete: {len(missing)} clips missing, e.g. {missing[0]}")
