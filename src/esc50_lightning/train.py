@@ -89,4 +89,3 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 )
         print_summary(metrics, run_dir, best)
     return metrics
-

@@ -187,7 +187,15 @@ class FoldedAudioDataModule(L.LightningDataModule):
     def _feature_key(self, waveform_key: str) -> str:
         assert self.frontend is not None
         m = self.frontend.mel
-        params = [m.sample_rate, m.n_fft, m.hop_length, m.n_mels, m.f_min, m.f_max, self.frontend.to_db.top_db]
+        params = [
+            m.sample_rate,
+            m.n_fft,
+            m.hop_length,
+            m.n_mels,
+            m.f_min,
+            m.f_max,
+            self.frontend.to_db.top_db,
+        ]
         return hashlib.sha1(json.dumps([waveform_key, params]).encode()).hexdigest()[:16]
 
     def _cache_dir(self) -> Path:

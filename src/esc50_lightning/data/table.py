@@ -144,9 +144,7 @@ def read_table(spec: DatasetSpec) -> FoldedTable:
                         f"{line(i)}: class {cat!r} disagrees with label {int(raw_labels.iloc[i])} "
                         f"(which is {names[int(lab)]!r} elsewhere)"
                     )
-        class_names = [
-            names.get(k, str(source_ids[k] if source_ids else k)) for k in range(n_classes)
-        ]
+        class_names = [names.get(k, str(source_ids[k] if source_ids else k)) for k in range(n_classes)]
         if spec.num_classes is None:
             absent = sorted(set(range(n_classes)) - set(labels.tolist()))
             if absent:
