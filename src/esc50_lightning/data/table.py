@@ -157,8 +157,11 @@ def read_table(spec: DatasetSpec) -> FoldedTable:
         if spec.class_column and spec.class_column != spec.label_column:
             bad = np.flatnonzero(numeric.isna().to_numpy() | (numeric != numeric.round()).to_numpy())
             for i in bad:
+                raw = raw_labels.iloc[i]
                 problems.append(
-                    f"{line(i)}: {spec.label_column} {raw_labels.iloc[i]!r} is not an integer label"
+                    f"{line(i)}: {spec.label_column} is empty"
+                    if pd.isna(raw)
+                    else f"{line(i)}: {spec.label_column} {raw!r} is not an integer label"
                 )
             raise DataError(problems)
         class_names = sorted(raw_labels.astype(str).unique().tolist())
