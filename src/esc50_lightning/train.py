@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins import CheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -24,6 +25,13 @@ def _check_config(cfg: DictConfig) -> None:
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None and epochs < 0:
         raise UserError(f"trainer.max_epochs={epochs} must be 0 or more")
+    accelerator = cfg.trainer.get("accelerator")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if cfg.trainer.get("sync_batchnorm") and on_cpu:
+        # torch's SyncBatchNorm is GPU-only; trainer=ddp on CPU (gloo) runs with per-process BatchNorm.
+        log.info("trainer.sync_batchnorm needs GPUs; turned off for this CPU run")
+        with open_dict(cfg):
+            cfg.trainer.sync_batchnorm = False
 
 
 # What must match between a checkpoint's run and the command resuming it.
