@@ -72,3 +72,34 @@ def test_ddp_two_processes_match_a_single_process(esc50_root: Path, tmp_path: Pa
         assert metrics["final"][name] == pytest.approx(single[f"val/{name}"], abs=1e-6), name
     files = [datamodule.table.files[int(r)] for r in module.last_val_outputs[0]]
     assert sorted(files) == sorted(predictions.file)
+
+
+def test_ddp_reports_bad_data_once_without_tracebacks(esc50_root: Path, tmp_path: Path) -> None:
+    names = list(make_subset(esc50_root, tmp_path / "esc50").filename)
+    (tmp_path / "esc50" / "audio" / names[0]).write_text("not audio")
+    env = {
+        **os.environ,
+        "ESC50_ROOT": str(tmp_path / "esc50"),
+        "ESC50_CACHE": str(tmp_path / "cache"),
+        "ESC50_OUTPUTS": str(tmp_path / "outputs"),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "model=cnn4",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("error: dataset check failed (1 problem):") == 1
+    assert f"{tmp_path / 'esc50' / 'audio' / names[0]}: not a readable audio file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert run_dirs(tmp_path / "outputs") == []

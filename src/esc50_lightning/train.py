@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,14 @@ def _continue_log_in(run_dir: Path, original: Path) -> None:
             handler.mode = "a"
 
 
+def _local_rank() -> int:
+    """This process's rank on its node: set by Lightning's launcher, torchrun or SLURM; else 0."""
+    for var in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     _check_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
@@ -117,6 +126,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logmel = build_logmel(cfg)
     datamodule = instantiate(cfg.data, frontend=logmel)
     class_names = datamodule.class_names  # reads and checks the CSV
+    if _local_rank() == 0:
+        # Check every audio file and build the caches before Lightning launches other processes
+        # (DDP): a data problem is then reported once, not also as a broken link on every rank.
+        datamodule.prepare_data()
     module = build_module(cfg, class_names, logmel)
     module.run_info = {
         "config": OmegaConf.to_container(cfg, resolve=True),
