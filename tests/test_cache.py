@@ -133,3 +133,15 @@ def test_truncated_or_stale_cache_is_rebuilt(
     assert _built(caplog) == 5
     assert not np.array_equal(fresh[0], good[0]) and np.array_equal(fresh[1:], good[1:])
     assert np.abs(fresh[0].astype(int) - np.round(clip[::-1] * 32767).astype(int)).max() <= 1
+
+
+def test_unwritable_cache_is_a_clear_error(esc50_root: Path, tmp_path: Path) -> None:
+    from esc50_lightning.errors import UserError
+
+    root = tmp_path / "esc50"
+    make_subset(esc50_root, root)
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    dm = _dm(root, blocker)
+    with pytest.raises(UserError, match=r"cache/esc50: cannot write the data cache \(.*\); free space there"):
+        dm.prepare_data()

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -216,10 +216,19 @@ class FoldedAudioDataModule(L.LightningDataModule):
     def _cache_dir(self) -> Path:
         return self.cache_root / self.spec.name
 
+    def _cached(self, cache: ArrayCache, build: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+        try:
+            return cache.get_or_build(build)
+        except OSError as err:  # full disk, read-only or misplaced cache folder: say where and why
+            raise UserError(
+                f"{cache.directory}: cannot write the data cache ({err.strerror or err}); free space there "
+                "or point data.cache_dir (or ESC50_CACHE) somewhere writable"
+            ) from err
+
     def _waveforms(self, table: FoldedTable) -> np.ndarray:
         key = self._waveform_key(table)
         cache = ArrayCache(self._cache_dir(), f"waveforms-{key}", key)
-        array, built = cache.get_or_build(lambda: self._decode_all(table))
+        array, built = self._cached(cache, lambda: self._decode_all(table))
         if built:
             log.info("Cached %d decoded clips in %s", len(table), cache.array_path)
         return array
@@ -293,7 +302,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
             self.frontend.to("cpu")
             return out
 
-        array, built = cache.get_or_build(build)
+        array, built = self._cached(cache, build)
         if built:
             log.info("Cached log-mels of %d clips in %s", len(table), cache.array_path)
         return array
