@@ -126,11 +126,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logmel = build_logmel(cfg)
     datamodule = instantiate(cfg.data, frontend=logmel)
     class_names = datamodule.class_names  # reads and checks the CSV
+    module = build_module(cfg, class_names, logmel)
     if _local_rank() == 0:
         # Check every audio file and build the caches before Lightning launches other processes
         # (DDP): a data problem is then reported once, not also as a broken link on every rank.
         datamodule.prepare_data()
-    module = build_module(cfg, class_names, logmel)
     module.run_info = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "data": datamodule.describe(),
