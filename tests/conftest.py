@@ -60,7 +60,9 @@ def run_train(esc50_root: Path, cache_dir: Path, tmp_path: Path):
         args = [sys.executable, script, *(QUICK if quick else []), *overrides]
         proc = subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
         if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     return run

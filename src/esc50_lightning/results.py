@@ -65,7 +65,11 @@ def run_metrics(history: list[dict[str, float]], test: dict[str, float], info: d
 
 
 def write_predictions(
-    path: Path, outputs: tuple[torch.Tensor, torch.Tensor], files: list[str], labels: np.ndarray, names: list[str]
+    path: Path,
+    outputs: tuple[torch.Tensor, torch.Tensor],
+    files: list[str],
+    labels: np.ndarray,
+    names: list[str],
 ) -> None:
     rows, logits = outputs
     probs = torch.softmax(logits.float(), dim=1).numpy()
@@ -84,9 +88,13 @@ def write_predictions(
     atomic_write_text(path, frame.to_csv(index=False))
 
 
-def print_summary(metrics: dict[str, Any], run_dir: Path, best_ckpt: str | None, console: Console | None = None):
+def print_summary(
+    metrics: dict[str, Any], run_dir: Path, best_ckpt: str | None, console: Console | None = None
+):
     console = console or Console()
-    table = Table(title=f"{metrics['model']} · {metrics['dataset']} fold {metrics['fold']} · {metrics['protocol']}")
+    table = Table(
+        title=f"{metrics['model']} · {metrics['dataset']} fold {metrics['fold']} · {metrics['protocol']}"
+    )
     table.add_column("figure")
     table.add_column("epoch", justify="right")
     for name in ("loss", *METRIC_NAMES):

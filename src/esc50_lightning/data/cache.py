@@ -78,6 +78,10 @@ class ArrayCache:
             array = self.load()  # another process may have finished while we waited
             if array is not None:
                 return array, False
+            # Under the lock no one else is writing this entry: temp files are a killed writer's.
+            for stale in self.directory.glob(f".{self.name}.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
             self.write(np.ascontiguousarray(build()))
             array = self.load()
             assert array is not None, f"cache entry {self.array_path} unreadable right after writing"

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -166,7 +166,8 @@ class FoldedAudioDataModule(L.LightningDataModule):
         }
 
     # ---- caches ---------------------------------------------------------------------------
-    def _waveform_key(self, table: FoldedTable) -> str:
+    def _file_stats(self, table: FoldedTable) -> tuple[list[tuple[str, int, int]], list[str]]:
+        """(path, size, mtime) of every clip, and the clips that are missing or empty."""
         problems, stats = [], []
         for path in table.paths:
             try:
@@ -174,11 +175,25 @@ class FoldedAudioDataModule(L.LightningDataModule):
             except FileNotFoundError:
                 problems.append(f"{path}: file listed in the CSV is missing")
                 continue
-            if st.st_size == 0:
+            if not path.is_file():
+                problems.append(f"{path}: not a file")
+            elif st.st_size == 0:
                 problems.append(f"{path}: file is empty (0 bytes)")
             stats.append((str(path), st.st_size, st.st_mtime_ns))
+        return stats, problems
+
+    def _waveform_key(self, table: FoldedTable) -> str:
+        """Fingerprint of the files (size, mtime) and decode settings; raise if any file is unusable.
+
+        A missing or empty file is reported together with every other clip that fails to decode,
+        so one run lists all the problems, not only the first kind found.
+        """
+        stats, problems = self._file_stats(table)
         if problems:
-            raise DataError(problems)
+            bad = {p.split(": ", 1)[0] for p in problems}
+            rest = [i for i, path in enumerate(table.paths) if str(path) not in bad]
+            _, decode_problems = self._decode(table, rest)
+            raise DataError(sorted(problems + decode_problems))
         payload = json.dumps(
             {"files": stats, "rate": self.spec.sample_rate, "samples": self.spec.clip_samples, "v": 1}
         )
@@ -187,22 +202,49 @@ class FoldedAudioDataModule(L.LightningDataModule):
     def _feature_key(self, waveform_key: str) -> str:
         assert self.frontend is not None
         m = self.frontend.mel
-        params = [m.sample_rate, m.n_fft, m.hop_length, m.n_mels, m.f_min, m.f_max, self.frontend.to_db.top_db]
+        params = [
+            m.sample_rate,
+            m.n_fft,
+            m.hop_length,
+            m.n_mels,
+            m.f_min,
+            m.f_max,
+            self.frontend.to_db.top_db,
+        ]
         version = 2  # bump when the frontend's computation changes
         return hashlib.sha1(json.dumps([waveform_key, params, version]).encode()).hexdigest()[:16]
 
     def _cache_dir(self) -> Path:
         return self.cache_root / self.spec.name
 
+    def _cached(self, cache: ArrayCache, build: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+        try:
+            return cache.get_or_build(build)
+        except OSError as err:  # full disk, read-only or misplaced cache folder: say where and why
+            raise UserError(
+                f"{cache.directory}: cannot write the data cache ({err.strerror or err}); free space there "
+                "or point data.cache_dir (or ESC50_CACHE) somewhere writable"
+            ) from err
+
     def _waveforms(self, table: FoldedTable) -> np.ndarray:
         key = self._waveform_key(table)
         cache = ArrayCache(self._cache_dir(), f"waveforms-{key}", key)
-        array, built = cache.get_or_build(lambda: self._decode_all(table))
+        array, built = self._cached(cache, lambda: self._decode_all(table))
         if built:
             log.info("Cached %d decoded clips in %s", len(table), cache.array_path)
         return array
 
     def _decode_all(self, table: FoldedTable) -> np.ndarray:
+        out, problems = self._decode(table, range(len(table)))
+        if problems:
+            raise DataError(sorted(problems))
+        return out
+
+    def _decode(self, table: FoldedTable, indices: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+        """Decode ``indices`` into int16 clips of the configured length; list files that fail.
+
+        Another sample rate, channel count or length is converted, with one warning per kind.
+        """
         length = self.spec.clip_samples
         out = np.zeros((len(table), length), dtype=np.int16)
         problems: list[str] = []
@@ -213,22 +255,23 @@ class FoldedAudioDataModule(L.LightningDataModule):
             try:
                 clip = read_mono(path, self.spec.sample_rate)
             except AudioReadError as err:
-                problems.append(f"{path}: not a readable audio file ({err})")
+                problems.append(f"{path}: {err}")
                 return
             if clip.source_rate != self.spec.sample_rate:
-                converted["sample rate"].append(f"{path.name} ({clip.source_rate} Hz)")
+                converted["sample rate"].append(f"{path} ({clip.source_rate} Hz)")
             if clip.source_channels != 1:
-                converted["channels"].append(f"{path.name} ({clip.source_channels} ch)")
+                converted["channels"].append(f"{path} ({clip.source_channels} channels)")
             if len(clip.samples) != length:
-                converted["length"].append(f"{path.name} ({len(clip.samples)} samples)")
+                seconds = len(clip.samples) / self.spec.sample_rate
+                converted["length"].append(f"{path} ({seconds:.2f} s)")
             samples = fit_length(clip.samples, length)
             out[i] = np.clip(np.round(samples * INT16_SCALE), -32768, 32767).astype(np.int16)
 
         workers = min(8, (os.cpu_count() or 2) * 2)
         with ThreadPoolExecutor(workers) as pool:  # libsndfile releases the GIL
-            list(pool.map(decode, range(len(table))))
+            list(pool.map(decode, indices))
         if problems:
-            raise DataError(sorted(problems))
+            return out, problems
         notes = {
             "sample rate": f"resampled to {self.spec.sample_rate} Hz",
             "channels": "averaged to mono",
@@ -236,9 +279,11 @@ class FoldedAudioDataModule(L.LightningDataModule):
         }
         for kind, items in converted.items():
             if items:
-                shown = ", ".join(sorted(items)[:3]) + (" ..." if len(items) > 3 else "")
+                shown = ", ".join(sorted(items)[:3]) + (
+                    f" and {len(items) - 3} more" if len(items) > 3 else ""
+                )
                 log.warning("%d clip(s) %s: %s", len(items), notes[kind], shown)
-        return out
+        return out, problems
 
     def _features(self, table: FoldedTable) -> np.ndarray:
         assert self.frontend is not None
@@ -258,7 +303,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
             self.frontend.to("cpu")
             return out
 
-        array, built = cache.get_or_build(build)
+        array, built = self._cached(cache, build)
         if built:
             log.info("Cached log-mels of %d clips in %s", len(table), cache.array_path)
         return array

@@ -110,11 +110,15 @@ def read_table(spec: DatasetSpec) -> FoldedTable:
     files = frame[spec.file_column].astype(str).tolist()
     dupes = frame[spec.file_column].duplicated(keep=False).to_numpy()
     for name in sorted({files[i] for i in np.flatnonzero(dupes)}):
-        problems.append(f"{csv_path}: duplicate file name {name!r}")
+        lines = ", ".join(line(i).rsplit(":", 1)[1] for i in np.flatnonzero(dupes) if files[i] == name)
+        problems.append(f"{csv_path}: duplicate file name {name!r} (lines {lines})")
 
     folds = pd.to_numeric(frame[spec.fold_column], errors="coerce").to_numpy()
     for i in np.flatnonzero(np.isnan(folds) | (np.round(folds) != folds)):
-        problems.append(f"{line(i)}: fold {frame[spec.fold_column].iloc[i]!r} is not an integer")
+        raw = frame[spec.fold_column].iloc[i]
+        problems.append(
+            f"{line(i)}: fold is empty" if pd.isna(raw) else f"{line(i)}: fold {raw!r} is not an integer"
+        )
     if spec.folds is not None:
         allowed = {int(f) for f in spec.folds}
         lo, hi = min(allowed), max(allowed)
@@ -144,16 +148,22 @@ def read_table(spec: DatasetSpec) -> FoldedTable:
                         f"{line(i)}: class {cat!r} disagrees with label {int(raw_labels.iloc[i])} "
                         f"(which is {names[int(lab)]!r} elsewhere)"
                     )
-        class_names = [
-            names.get(k, str(source_ids[k] if source_ids else k)) for k in range(n_classes)
-        ]
+        class_names = [names.get(k, str(source_ids[k] if source_ids else k)) for k in range(n_classes)]
         if spec.num_classes is None:
             absent = sorted(set(range(n_classes)) - set(labels.tolist()))
             if absent:
                 problems.append(f"{csv_path}: labels must cover 0-{n_classes - 1}; none has {absent[:5]}")
     else:  # class names as labels
         if spec.class_column and spec.class_column != spec.label_column:
-            problems.append(f"{csv_path}: column {spec.label_column!r} must hold integer labels")
+            bad = np.flatnonzero(numeric.isna().to_numpy() | (numeric != numeric.round()).to_numpy())
+            for i in bad:
+                raw = raw_labels.iloc[i]
+                problems.append(
+                    f"{line(i)}: {spec.label_column} is empty"
+                    if pd.isna(raw)
+                    else f"{line(i)}: {spec.label_column} {raw!r} is not an integer label"
+                )
+            raise DataError(problems)
         class_names = sorted(raw_labels.astype(str).unique().tolist())
         labels = np.searchsorted(np.array(class_names), raw_labels.astype(str).to_numpy())
         n_classes = len(class_names)

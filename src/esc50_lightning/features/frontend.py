@@ -145,4 +145,4 @@ class FeatureExtractor(nn.Module):
 
 
 def clip_samples(sample_rate: int, clip_seconds: float) -> int:
-    return int(math.floor(sample_rate * clip_seconds + 0.5))
+    return math.floor(sample_rate * clip_seconds + 0.5)

@@ -1,0 +1,105 @@
+"""trainer=ddp with 2 CPU processes (gloo) on real clips: same validation figures as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import pytest
+from conftest import REPO, run_dirs
+from hydra.utils import instantiate
+from minids import make_subset
+from omegaconf import OmegaConf
+
+from esc50_lightning.build import build_logmel, load_classifier
+
+
+def test_ddp_two_processes_match_a_single_process(esc50_root: Path, tmp_path: Path) -> None:
+    # 7 classes x 5 folds: the 7 validation clips split 4 + 3 over the two ranks (batches of 2),
+    # so a padding sampler would score one clip twice and change the figures.
+    make_subset(esc50_root, tmp_path / "esc50", classes=7)
+    env = {
+        **os.environ,
+        "ESC50_ROOT": str(tmp_path / "esc50"),
+        "ESC50_CACHE": str(tmp_path / "cache"),
+        "ESC50_OUTPUTS": str(tmp_path / "outputs"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "model=cnn4",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.max_epochs=1",
+            "callbacks.progress_bar=null",
+            "callbacks.model_summary=null",
+            "trainer.enable_model_summary=false",
+            "data.batch_size=5",
+            "data.eval_batch_size=2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    (run,) = run_dirs(tmp_path / "outputs")  # both ranks share one run folder
+    metrics = json.loads((run / "metrics.json").read_text())
+    predictions = pd.read_csv(run / "predictions_val.csv")
+    assert len(predictions) == 7 and predictions.file.is_unique  # every clip once, none dropped
+
+    # Score the saved weights in one process on the same fold.
+    module, info = load_classifier(run / "checkpoints" / "last.ckpt")
+    assert info["config"]["trainer"]["strategy"] == "ddp"
+    cfg = OmegaConf.create(info["config"])
+    datamodule = instantiate(cfg.data, frontend=build_logmel(cfg))
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    (single,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+    assert len(datamodule.sets["val"]) == 7
+    for name in ("loss", "acc", "precision", "recall", "f1"):
+        assert metrics["final"][name] == pytest.approx(single[f"val/{name}"], abs=1e-6), name
+    files = [datamodule.table.files[int(r)] for r in module.last_val_outputs[0]]
+    assert sorted(files) == sorted(predictions.file)
+
+
+def test_ddp_reports_bad_data_once_without_tracebacks(esc50_root: Path, tmp_path: Path) -> None:
+    names = list(make_subset(esc50_root, tmp_path / "esc50").filename)
+    (tmp_path / "esc50" / "audio" / names[0]).write_text("not audio")
+    env = {
+        **os.environ,
+        "ESC50_ROOT": str(tmp_path / "esc50"),
+        "ESC50_CACHE": str(tmp_path / "cache"),
+        "ESC50_OUTPUTS": str(tmp_path / "outputs"),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "model=cnn4",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("error: dataset check failed (1 problem):") == 1
+    assert f"{tmp_path / 'esc50' / 'audio' / names[0]}: not a readable audio file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert run_dirs(tmp_path / "outputs") == []
