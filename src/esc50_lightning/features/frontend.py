@@ -50,8 +50,9 @@ class LogMel(nn.Module):
         return num_samples // self.hop_length + 1
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        # AmplitudeToDB clamps top_db per spectrogram only for 3-D input (B, F, T): keep it so.
-        return self.to_db(self.mel(waveform.float()))
+        # AmplitudeToDB clamps to top_db below the peak of each item of a 4-D (B, C, F, T) input;
+        # a 3-D input would be read as (C, F, T) and clamped against the whole batch's peak.
+        return self.to_db(self.mel(waveform.float()).unsqueeze(1)).squeeze(1)
 
 
 class SpecAugment(nn.Module):

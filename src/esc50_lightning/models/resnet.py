@@ -15,7 +15,7 @@ def _imagenet_state_dict(weights_path: str | None) -> dict[str, torch.Tensor]:
     if weights_path:
         path = Path(weights_path).expanduser()
         if not path.is_file():
-            raise UserError(f"{path}: ResNet18 weights file not found (model.weights_path)")
+            raise UserError(f"{path}: ResNet18 weights file not found (model.net.weights_path)")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a corrupt or foreign file
@@ -29,7 +29,7 @@ def _imagenet_state_dict(weights_path: str | None) -> dict[str, torch.Tensor]:
         raise UserError(
             f"could not download ImageNet weights from {weights.url} ({err.__class__.__name__}). "
             f"Download that file elsewhere and either put it in {hub_dir}/ or pass "
-            "model.weights_path=/path/to/resnet18-f37072fd.pth"
+            "model.net.weights_path=/path/to/resnet18-f37072fd.pth"
         ) from err
 
 

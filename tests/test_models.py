@@ -1,0 +1,51 @@
+"""The three architectures: any input size, and ResNet18's ImageNet stem folding from a local file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from esc50_lightning.errors import UserError
+from esc50_lightning.models import CNN4, CNN8, ResNet18
+from esc50_lightning.models import resnet as resnet_module
+
+
+@pytest.mark.parametrize("cls", [CNN4, CNN8, ResNet18])
+@pytest.mark.parametrize("shape", [(100, 384), (128, 431), (64, 100), (40, 37)])
+def test_forward_any_input_size(cls, shape):
+    net = cls(num_classes=7).eval()
+    with torch.no_grad():
+        out = net(torch.randn(3, 1, *shape))
+    assert out.shape == (3, 7)
+    assert torch.isfinite(out).all()
+
+
+def test_resnet18_folds_imagenet_stem_from_local_file(tmp_path):
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(reference.state_dict(), path)
+    net = ResNet18(num_classes=50, pretrained=True, weights_path=str(path))
+    torch.testing.assert_close(net.net.conv1.weight, reference.conv1.weight.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(net.net.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    # a grey image through the folded stem equals the RGB stem on three equal channels
+    grey = torch.randn(1, 1, 32, 32)
+    torch.testing.assert_close(net.net.conv1(grey), reference.conv1(grey.repeat(1, 3, 1, 1)))
+
+
+def test_resnet18_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(UserError, match="nope.pth: ResNet18 weights file not found"):
+        ResNet18(pretrained=True, weights_path=str(tmp_path / "nope.pth"))
+
+
+def test_resnet18_offline_download_says_how_to_supply_weights(monkeypatch):
+    def offline(self, *args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.models.Weights, "get_state_dict", offline)
+    with pytest.raises(UserError) as err:
+        resnet_module.ResNet18(pretrained=True)
+    message = str(err.value)
+    assert "could not download ImageNet weights" in message
+    assert "model.net.weights_path=" in message or "weights_path" in message
