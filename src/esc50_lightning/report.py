@@ -150,6 +150,8 @@ def read_run(run_dir: Path) -> Run:
             return run
         task = metrics.get("task", task)
     if task != "train":
+        if metrics:
+            run.model, run.fold = metrics.get("model"), metrics.get("fold")
         run.status, run.note = "skipped", f"not a training run (task {task})"
         return run
     if metrics is None:
