@@ -1,0 +1,214 @@
+"""Using a trained checkpoint: eval.py on a fold, predict on users' files, export with the frontend inside."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from conftest import QUICK, REPO, run_dirs
+
+from esc50_lightning import predict
+from esc50_lightning.build import load_classifier
+from esc50_lightning.data.audio import fit_length, read_mono
+
+SR = 44100
+CLIP = 5 * SR
+
+
+@pytest.fixture(scope="module")
+def trained(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny cnn4 trained on folds 2-5 (one clip per class and fold), evaluated on fold 1."""
+    out = tmp_path_factory.mktemp("deploy") / "outputs"
+    env = {
+        **os.environ,
+        "ESC50_ROOT": str(esc50_root),
+        "ESC50_CACHE": str(cache_dir),
+        "ESC50_OUTPUTS": str(out),
+        "PYTHONUNBUFFERED": "1",
+    }
+    args = [sys.executable, "train.py", *QUICK, "+trainer.limit_train_batches=2", "model=cnn4", "data.fold=1"]
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = run_dirs(out / "train")
+    predictions = pd.read_csv(run / "predictions_val.csv")
+    return {
+        "env": env,
+        "run": run,
+        "ckpt": run / "checkpoints" / "last.ckpt",
+        "metrics": json.loads((run / "metrics.json").read_text()),
+        "predictions": predictions,
+        "clips": [esc50_root / "audio" / f for f in predictions.file],
+    }
+
+
+def _python(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+# ---- eval.py ------------------------------------------------------------------------------------
+def test_eval_scores_the_checkpoint_like_its_final_epoch(trained: dict, tmp_path: Path) -> None:
+    overrides = [f"ckpt_path={trained['ckpt']}", "data.fold=1", "data.limit_per_class=1"]
+    env = {**trained["env"], "ESC50_OUTPUTS": str(tmp_path)}
+    proc = _python(["eval.py", *overrides, "trainer.enable_progress_bar=false"], env)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = run_dirs(tmp_path / "eval")
+    metrics = json.loads((run / "metrics.json").read_text())
+    final = trained["metrics"]["final"]  # last.ckpt is the final epoch: same clips, same features
+    for name in ("loss", "acc", "f1", "precision", "recall"):
+        assert metrics["test"][name] == pytest.approx(final[name], abs=1e-6)
+    assert metrics["task"] == "eval" and metrics["fold"] == 1 and metrics["clips"] == 50
+    assert metrics["on_seen_fold"] is False
+    assert f"{final['acc']:.4f}" in proc.stdout  # the printed table
+    predictions = pd.read_csv(run / "predictions_test.csv")
+    assert predictions.prediction.tolist() == trained["predictions"].prediction.tolist()
+
+
+def test_eval_refuses_a_training_fold_unless_told(trained: dict, tmp_path: Path) -> None:
+    overrides = [f"ckpt_path={trained['ckpt']}", "data.fold=3", "data.limit_per_class=1"]
+    env = {**trained["env"], "ESC50_OUTPUTS": str(tmp_path)}
+    refused = _python(["eval.py", *overrides], env)
+    assert refused.returncode == 2
+    assert "Traceback" not in refused.stderr
+    assert "data.fold=3 is a fold this checkpoint was trained on" in refused.stderr
+    assert "allow_train_fold=true" in refused.stderr
+    assert not run_dirs(tmp_path)  # the refused run left no folder behind
+    allowed = _python(["eval.py", *overrides, "allow_train_fold=true"], env)
+    assert allowed.returncode == 0, allowed.stderr
+    (run,) = run_dirs(tmp_path / "eval")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["fold"] == 3 and metrics["on_seen_fold"] is True
+
+
+# ---- predict ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def predicted(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One predict call over real clips in the shapes users bring, plus a broken file."""
+    folder = tmp_path_factory.mktemp("user_audio")
+    first, *others = trained["clips"]
+    samples, rate = sf.read(first, dtype="float32")
+    assert rate == SR
+    at_48k = AF.resample(torch.from_numpy(samples), SR, 48000).numpy()
+    sf.write(folder / "stereo_48k.wav", np.stack([at_48k, 0.5 * at_48k], axis=1), 48000)
+    sf.write(folder / "one_second.flac", samples[:SR], SR)
+    sf.write(folder / "clip.ogg", samples, SR, format="OGG", subtype="VORBIS")
+    long = np.concatenate([sf.read(f, dtype="float32")[0] for f in trained["clips"][:6]])
+    sf.write(folder / "thirty_seconds.wav", long, SR, subtype="FLOAT")  # samples kept exactly
+    (folder / "broken.wav").write_bytes(b"RIFF" + os.urandom(200))
+    out = folder / "predictions.json"
+    args = ["-m", "esc50_lightning.predict", "--ckpt", str(trained["ckpt"]), "--top-k", "50", "--per-window"]
+    proc = _python([*args, "--json", str(out), str(folder), str(first), str(others[0])], trained["env"])
+    results = json.loads(out.read_text())
+    return {
+        "proc": proc,
+        "payload": results,
+        "by_name": {Path(r["file"]).name: r for r in results["results"]},
+        "first": first,
+        "other": others[0],
+    }
+
+
+def _probs(result: dict) -> np.ndarray:
+    out = np.zeros(50)
+    for item in result["top"]:
+        out[item["index"]] = item["probability"]
+    return out
+
+
+def test_predict_reports_a_broken_file_and_predicts_the_rest(predicted: dict) -> None:
+    proc = predicted["proc"]
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken.wav: cannot read audio" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert set(predicted["by_name"]) == {
+        "stereo_48k.wav",
+        "one_second.flac",
+        "clip.ogg",
+        "thirty_seconds.wav",
+        predicted["first"].name,
+        predicted["other"].name,
+    }
+    assert [e["file"].endswith("broken.wav") for e in predicted["payload"]["errors"]] == [True]
+
+
+def test_predict_matches_the_training_pipeline_on_a_real_clip(predicted: dict, trained: dict) -> None:
+    result = predicted["by_name"][predicted["first"].name]
+    row = trained["predictions"].set_index("file").loc[predicted["first"].name]
+    assert result["top"][0]["class"] == row.prediction_name
+    assert result["top"][0]["probability"] == pytest.approx(row.confidence, abs=1e-3)
+    assert abs(_probs(result).sum() - 1) < 1e-4
+
+
+def test_predict_converts_rate_channels_and_codec(predicted: dict) -> None:
+    original = _probs(predicted["by_name"][predicted["first"].name])
+    unrelated = _probs(predicted["by_name"][predicted["other"].name])
+    for name, rate, channels in (("stereo_48k.wav", 48000, 2), ("clip.ogg", SR, 1)):
+        result = predicted["by_name"][name]
+        assert (result["source_sample_rate"], result["source_channels"]) == (rate, channels)
+        assert result["duration_seconds"] == pytest.approx(5.0, abs=1e-3) and result["windows"] == 1
+        # Same sound, other container: much closer to the original's scores than another clip's.
+        assert np.abs(_probs(result) - original).sum() < 0.25 * np.abs(unrelated - original).sum()
+
+
+def test_predict_pads_short_and_windows_long_files(predicted: dict, trained: dict) -> None:
+    short = predicted["by_name"]["one_second.flac"]
+    assert short["duration_seconds"] == pytest.approx(1.0) and short["windows"] == 1
+    module, _ = load_classifier(trained["ckpt"])
+    padded = fit_length(read_mono(predicted["first"], SR).samples[:SR], CLIP)
+    with torch.inference_mode():
+        expected = torch.softmax(module(module.features(torch.from_numpy(padded)[None])), 1)[0].numpy()
+    assert _probs(short) == pytest.approx(expected, abs=1e-5)
+
+    long = predicted["by_name"]["thirty_seconds.wav"]
+    assert long["duration_seconds"] == pytest.approx(30.0) and long["windows"] == 11  # hop 2.5 s
+    windows = long["per_window"]
+    assert [w["start_seconds"] for w in windows] == pytest.approx([2.5 * i for i in range(11)])
+    window_probs = np.stack([_probs(w) for w in windows])
+    assert _probs(long) == pytest.approx(window_probs.mean(axis=0), abs=1e-5)
+    # The first window is exactly the first real clip.
+    assert window_probs[0] == pytest.approx(_probs(predicted["by_name"][predicted["first"].name]), abs=1e-5)
+
+
+def test_predict_without_a_checkpoint_says_to_pass_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(predict, "PRETRAINED", tmp_path / "absent.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "pass --ckpt PATH" in capsys.readouterr().err
+
+
+# ---- export -------------------------------------------------------------------------------------
+def test_exported_models_equal_the_checkpoint_on_real_clips(trained: dict, tmp_path: Path) -> None:
+    args = ["-m", "esc50_lightning.export", "--ckpt", str(trained["ckpt"]), "--out", str(tmp_path)]
+    proc = _python(args, trained["env"])
+    assert proc.returncode == 0, proc.stderr
+    sidecar = json.loads((tmp_path / "last.json").read_text())
+    module, info = load_classifier(trained["ckpt"])
+    assert sidecar["class_names"] == info["data"]["class_names"]
+    assert (sidecar["sample_rate"], sidecar["input_samples"]) == (SR, CLIP)
+
+    waves = torch.from_numpy(np.stack([read_mono(p, SR).samples for p in trained["clips"][:4]]))
+    with torch.inference_mode():
+        expected = module(module.features(waves)).numpy()
+        scripted = torch.jit.load(str(tmp_path / "last.torchscript.pt"))
+        assert scripted(waves).numpy() == pytest.approx(expected, abs=1e-4)
+        with pytest.raises(torch.jit.Error, match="expected waveforms of shape"):
+            scripted(waves[:, : SR * 2])
+    session = onnxruntime.InferenceSession(str(tmp_path / "last.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"waveform": waves.numpy()})
+    assert logits == pytest.approx(expected, abs=1e-4)
+    assert expected.std() > 0  # the clips get different scores: the comparison is not trivial

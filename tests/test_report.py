@@ -1,0 +1,166 @@
+"""Cross-validation report on real runs: a two-fold joblib sweep, a holdout run and unfinished runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+from conftest import QUICK, REPO, run_dirs
+from hydra import compose, initialize_config_dir
+
+# One epoch of two batches: the report only needs finished runs, not good ones.
+FAST = [*QUICK, "+trainer.limit_train_batches=2", "model=cnn4"]
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def outputs(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """outputs/train with a cv sweep over folds 1-2 (joblib launcher), a holdout run, two unfinished runs."""
+    out = tmp_path_factory.mktemp("report") / "outputs"
+    env = {
+        **os.environ,
+        "ESC50_ROOT": str(esc50_root),
+        "ESC50_CACHE": str(cache_dir),
+        "ESC50_OUTPUTS": str(out),
+        "PYTHONUNBUFFERED": "1",
+    }
+    _run(["train.py", "-m", "hydra/launcher=local_parallel", "data.fold=1,2", *FAST], env)
+    _run(["train.py", "data.protocol=holdout", "data.fold=1", *FAST], env)
+    runs = run_dirs(out / "train")
+    assert len(runs) == 3
+    cv_runs = [r for r in runs if "multiruns" in r.parts]
+    holdout_run = next(r for r in runs if "multiruns" not in r.parts)
+    # A run still going (checkpoint, no metrics.json yet) and one that died before its first epoch.
+    running = out / "train" / "runs" / "still_running"
+    shutil.copytree(cv_runs[0], running)
+    (running / "metrics.json").unlink()
+    crashed = out / "train" / "runs" / "crashed"
+    shutil.copytree(cv_runs[0] / ".hydra", crashed / ".hydra")
+    proc = _run(["-m", "esc50_lightning.report", str(out / "train")], env)
+    return {
+        "root": out / "train",
+        "report": out / "train" / "report",
+        "stdout": proc.stdout,
+        "cv": sorted(cv_runs),
+        "holdout": holdout_run,
+        "running": running,
+        "crashed": crashed,
+    }
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def _rows(report: Path, protocol: str) -> pd.DataFrame:
+    table = pd.read_csv(report / "results.csv")
+    return table[(table.protocol == protocol) & (table.status.isna() | (table.status == "complete"))]
+
+
+def test_cv_table_equals_run_metrics_with_sample_std(outputs: dict) -> None:
+    rows = _rows(outputs["report"], "cv")
+    runs = rows[rows.row == "run"].sort_values("fold")
+    expected = [_metrics(r)["final"] for r in outputs["cv"]]
+    assert runs.fold.tolist() == [1, 2]
+    assert runs.acc.tolist() == pytest.approx([e["acc"] for e in expected], abs=1e-12)
+    assert runs.f1.tolist() == pytest.approx([e["f1"] for e in expected], abs=1e-12)
+    assert runs["best-epoch_acc"].tolist() == pytest.approx(
+        [_metrics(r)["best"]["acc"] for r in outputs["cv"]], abs=1e-12
+    )
+    for metric in ("acc", "f1"):
+        values = [e[metric] for e in expected]
+        mean = rows[rows.row == "mean"][metric].item()
+        std = rows[rows.row == "std"][metric].item()
+        assert mean == pytest.approx(statistics.mean(values), abs=1e-12)
+        assert std == pytest.approx(statistics.stdev(values), abs=1e-12)  # sample std, ddof=1
+    # The Markdown (stdout and results.md) shows the same figures, in %, and says which std.
+    accs = [e["acc"] for e in expected]
+    cell = f"{100 * statistics.mean(accs):.2f} ± {100 * statistics.stdev(accs):.2f}"
+    assert cell in outputs["stdout"]
+    assert "sample standard deviation" in outputs["stdout"]
+    assert (outputs["report"] / "results.md").read_text().strip() in outputs["stdout"]
+
+
+def test_protocols_are_never_averaged_together(outputs: dict) -> None:
+    table = pd.read_csv(outputs["report"] / "results.csv")
+    means = table[table.row == "mean"].set_index("protocol")
+    assert sorted(means.index) == ["cv", "holdout"]
+    assert means.loc["cv", "runs"] == 2 and means.loc["holdout", "runs"] == 1
+    cv_accs = [_metrics(r)["final"]["acc"] for r in outputs["cv"]]
+    assert means.loc["cv", "acc"] == pytest.approx(statistics.mean(cv_accs), abs=1e-12)
+    # Holdout's figure is the test fold scored once, not the last epoch on its validation fold.
+    holdout = _metrics(outputs["holdout"])
+    assert holdout["protocol"] == "holdout"
+    assert means.loc["holdout", "acc"] == pytest.approx(holdout["test"]["acc"], abs=1e-12)
+    assert means.loc["holdout", "validation_acc"] == pytest.approx(holdout["best"]["acc"], abs=1e-12)
+    assert "selected on the validation fold" in outputs["stdout"]
+    assert "evaluation fold itself" in outputs["stdout"]
+
+
+def test_confusion_matrix_and_per_class_accuracy_from_predictions(outputs: dict) -> None:
+    per_class = pd.read_csv(outputs["report"] / "per_class.csv")
+    cv = per_class[per_class.protocol == "cv"].set_index("class")
+    predictions = pd.concat(pd.read_csv(r / "predictions_val.csv") for r in outputs["cv"])
+    assert len(cv) == 50 and cv.clips.sum() == len(predictions) == 100  # 50 classes x 2 folds
+    hits = (predictions.target == predictions.prediction).groupby(predictions.target_name).mean()
+    assert cv.accuracy.sort_index().tolist() == pytest.approx(hits.sort_index().tolist())
+    holdout = per_class[per_class.protocol == "holdout"]
+    test_predictions = pd.read_csv(outputs["holdout"] / "predictions_test.csv")
+    assert holdout.clips.sum() == len(test_predictions)
+    assert holdout.correct.sum() == (test_predictions.target == test_predictions.prediction).sum()
+    for name in ("confusion_cnn4_cv.png", "confusion_cnn4_holdout.png"):
+        image = mpimg.imread(outputs["report"] / name)
+        assert min(image.shape[:2]) > 1000  # 50 class names stay legible
+    assert "| dog |" in outputs["stdout"]  # per-class accuracy, by name, on stdout
+
+
+def test_unfinished_runs_are_listed_not_averaged(outputs: dict) -> None:
+    table = pd.read_csv(outputs["report"] / "results.csv")
+    left_out = table[table.status == "incomplete"].set_index("run")
+    assert set(left_out.index) == {"runs/still_running", "runs/crashed"}
+    assert "has checkpoints/last.ckpt" in left_out.loc["runs/still_running", "note"]
+    assert "no checkpoint" in left_out.loc["runs/crashed", "note"]
+    assert "## Runs not included" in outputs["stdout"]
+    assert "runs/still_running" in outputs["stdout"] and "runs/crashed" in outputs["stdout"]
+
+
+def test_report_on_a_folder_without_runs_fails_clearly(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "esc50_lightning.report", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {tmp_path}: no runs found (no folder with .hydra/ or metrics.json)"
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target", "field", "value"),
+    [
+        ("local_parallel", "joblib_launcher.JoblibLauncher", "n_jobs", 2),
+        ("slurm", "submitit_launcher.SlurmLauncher", "gpus_per_node", 1),
+    ],
+)
+def test_launcher_configs_compose(launcher: str, target: str, field: str, value: int) -> None:
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[f"hydra/launcher={launcher}", "model=cnn4"], return_hydra_config=True
+        )
+    assert cfg.hydra.launcher._target_.endswith(target)
+    assert cfg.hydra.launcher[field] == value
