@@ -16,7 +16,9 @@ CLIPS = ["1-100032-A-0.wav", "1-115545-A-48.wav", "2-102414-A-17.wav", "5-9032-A
 
 @pytest.fixture(scope="module")
 def waves(esc50_root) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(sf.read(esc50_root / "audio" / c, dtype="float32")[0]) for c in CLIPS])
+    return torch.stack(
+        [torch.from_numpy(sf.read(esc50_root / "audio" / c, dtype="float32")[0]) for c in CLIPS]
+    )
 
 
 def test_logmel_matches_torchaudio_by_hand(waves):

@@ -21,8 +21,12 @@ def _hand_metrics(y: np.ndarray, pred: np.ndarray, n: int) -> dict[str, float]:
         precision.append(p)
         recall.append(r)
         f1.append(2 * p * r / (p + r) if p + r else 0.0)
-    return {"acc": float(np.mean(pred == y)), "precision": np.mean(precision), "recall": np.mean(recall),
-            "f1": np.mean(f1)}
+    return {
+        "acc": float(np.mean(pred == y)),
+        "precision": np.mean(precision),
+        "recall": np.mean(recall),
+        "f1": np.mean(f1),
+    }
 
 
 def test_epoch_metrics_equal_hand_computation_over_uneven_batches():

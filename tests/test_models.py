@@ -35,7 +35,7 @@ def test_resnet18_folds_imagenet_stem_from_local_file(tmp_path):
 
 
 def test_resnet18_missing_weights_file_is_named(tmp_path):
-    with pytest.raises(UserError, match="nope.pth: ResNet18 weights file not found"):
+    with pytest.raises(UserError, match=r"nope\.pth: ResNet18 weights file not found"):
         ResNet18(pretrained=True, weights_path=str(tmp_path / "nope.pth"))
 
 

@@ -6,8 +6,8 @@ import json
 
 import lightning as L
 import torch
-
 from conftest import run_dirs
+
 from esc50_lightning.build import load_classifier
 from esc50_lightning.data import FoldedAudioDataModule
 
@@ -31,9 +31,15 @@ def test_holdout_reports_test_fold_with_checkpoint_selected_on_validation(
     assert f"epoch{metrics['best']['epoch']:03d}" in metrics["best_checkpoint"]
     dm = FoldedAudioDataModule(
         dataset={**info["config"]["data"]["dataset"], "root": str(esc50_root)},
-        fold=2, protocol="holdout", limit_per_class=1, cache_dir=str(cache_dir), frontend=module.features.logmel,
+        fold=2,
+        protocol="holdout",
+        limit_per_class=1,
+        cache_dir=str(cache_dir),
+        frontend=module.features.logmel,
     )
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.test(module, datamodule=dm, verbose=False)
     for name in ("acc", "f1", "loss"):
         assert abs(module.test_results[f"test/{name}"] - metrics["test"][name]) < 1e-5, name

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, run_dirs
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from conftest import REPO, run_dirs
 
 CONF = REPO / "conf"
 
@@ -54,19 +53,29 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-GROUPS = ["data", "features", "augmentation", "model", "optim", "trainer", "callbacks", "logger", "paths",
-          "experiment"]
+GROUPS = [
+    "data",
+    "features",
+    "augmentation",
+    "model",
+    "optim",
+    "trainer",
+    "callbacks",
+    "logger",
+    "paths",
+    "experiment",
+]
 
 
-@pytest.mark.parametrize(
-    "override", [f"{group}={option}" for group in GROUPS for option in _options(group)]
-)
+@pytest.mark.parametrize("override", [f"{group}={option}" for group in GROUPS for option in _options(group)])
 def test_every_config_option_composes_and_instantiates(override, monkeypatch, tmp_path):
     from hydra.utils import instantiate
 
     monkeypatch.setenv("ESC50_OUTPUTS", str(tmp_path))
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[override, "paths.output_dir=" + str(tmp_path)], return_hydra_config=False)
+        cfg = compose(
+            "train", overrides=[override, "paths.output_dir=" + str(tmp_path)], return_hydra_config=False
+        )
     from esc50_lightning.build import build_module
 
     module = build_module(cfg, [f"c{i}" for i in range(50)])
