@@ -80,13 +80,37 @@ def load_classifier(path: str | Path) -> tuple[AudioClassifier, dict[str, Any]]:
     return module.eval(), info
 
 
-def slim_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """Weights and run record only (no optimiser state): what one ships to users."""
+def slim_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Path:
+    """Weights and run record only (no optimiser or callback state): what one ships to users.
+
+    ``half`` stores floating-point weights as float16 (half the size); ``load_classifier`` casts
+    them back to float32.
+    """
     ckpt = read_checkpoint(src)
-    slim = {"state_dict": ckpt["state_dict"], "esc50": ckpt["esc50"], "epoch": ckpt.get("epoch")}
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
+    slim = {"state_dict": state, "esc50": ckpt["esc50"], "epoch": ckpt.get("epoch")}
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(dst.suffix + ".tmp")
     torch.save(slim, tmp)
     tmp.replace(dst)
     return dst
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m esc50_lightning.build SRC.ckpt DST.ckpt [--fp32]``: write a slim checkpoint."""
+    import argparse
+
+    from esc50_lightning.errors import run_guarded
+
+    parser = argparse.ArgumentParser(prog="python -m esc50_lightning.build", description=main.__doc__)
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    args = parser.parse_args(argv)
+    out = run_guarded(lambda: slim_checkpoint(args.src, args.dst, half=not args.fp32))
+    print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
