@@ -292,13 +292,16 @@ def startup_child(args: argparse.Namespace) -> None:
     dm.prepare_data()
     dm.setup("fit")
     t_setup = time.perf_counter()
-    module = build_module(cfg, dm.class_names, build_logmel(cfg))
+    device = bench_device(args)
+    module = build_module(cfg, dm.class_names, build_logmel(cfg)).to(device)
     module.train()
-    batch = module.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    batch = module.on_after_batch_transfer(to_device(next(iter(dm.train_dataloader())), device), 0)
+    sync(device)
     t_batch = time.perf_counter()
     optimizer = torch.optim.Adam(module.parameters(), lr=3e-4)
     module.training_step(batch, 0).backward()
     optimizer.step()
+    sync(device)
     t_step = time.perf_counter()
     in_memory = sum(s.inputs.numel() * s.inputs.element_size() for s in dm.sets.values())
     on_disk = sum(p.stat().st_size for p in cache.rglob("*.npy"))
@@ -317,7 +320,7 @@ def startup_child(args: argparse.Namespace) -> None:
 def run_startup(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     """One fresh process; wall time from launch (interpreter and imports included)."""
     cmd = [sys.executable, "-m", "esc50_lightning.bench", "--startup", str(cache), "--root", str(args.root)]
-    cmd += ["--batch-size", str(args.batch_size)]
+    cmd += ["--batch-size", str(args.batch_size), "--device", args.device]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.limit_per_class:
@@ -455,10 +458,14 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
 
 
 # ---- main --------------------------------------------------------------------------------------
+def bench_device(args: argparse.Namespace) -> torch.device:
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    device = torch.device(
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = bench_device(args)
     mode = mode_for(args, device)
     models = args.models.split(",")
     for name in models:
