@@ -1,8 +1,9 @@
-"""predict and report on a model trained on a custom (UrbanSound8K-shaped) dataset.
+"""predict, report and export on a model trained on a custom (UrbanSound8K-shaped) dataset.
 
-Written against the predict/report command lines (``python -m esc50_lightning.predict --ckpt
-PATH --json OUT FILES...`` and ``python -m esc50_lightning.report DIR``): class names must come
-from the checkpoint and the runs, never from ESC-50.
+Written against the command lines ``python -m esc50_lightning.predict --ckpt PATH --json OUT
+FILES...``, ``python -m esc50_lightning.report DIR`` and ``python -m esc50_lightning.export --ckpt
+PATH --out DIR``: class names, rate and clip length must come from the checkpoint and the runs,
+never from ESC-50.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def us8k(esc50_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     return root, make_us8k_like(esc50_root, root)
 
 
-def test_predict_and_report_use_the_custom_classes(
+def test_predict_report_and_export_use_the_custom_dataset(
     us8k: tuple[Path, pd.DataFrame], esc50_root: Path, run_train, tmp_path: Path
 ) -> None:
     root, frame = us8k
@@ -84,3 +85,11 @@ def test_predict_and_report_use_the_custom_classes(
     everything = proc.stdout + written
     assert any(name in everything for name in CUSTOM), "the report names none of the dataset's classes"
     assert not any(name in everything for name in ESC50_ONLY), "the report shows ESC-50 class names"
+
+    exported = tmp_path / "export"
+    proc = tool("esc50_lightning.export", "--ckpt", str(ckpt), "--out", str(exported))
+    assert proc.returncode == 0, proc.stderr
+    (card,) = exported.glob("*.json")
+    info = json.loads(card.read_text())
+    assert set(info["class_names"]) == CUSTOM and len(info["class_names"]) == 10
+    assert info["sample_rate"] == 22050 and info["input_samples"] == 4 * 22050

@@ -90,3 +90,10 @@ def test_masks_only_in_training(waves: torch.Tensor) -> None:
     assert bool(((masked == 0).all(dim=1)).any()), "training output has no masked frame"
     clean = features.eval()(waves)[:, 0]
     assert not bool(((clean == 0).all(dim=1)).any())
+
+
+def test_eval_frontend_is_batch_size_agnostic_when_traced(waves: torch.Tensor) -> None:
+    """Export traces the eval frontend at one batch size; it must serve any other."""
+    features = FeatureExtractor(LogMel(), 220500, (100, 384), augment=SpecAugment()).eval()
+    traced = torch.jit.trace(features, waves[:2], check_trace=False)
+    torch.testing.assert_close(traced(waves[:5]), features(waves[:5]))

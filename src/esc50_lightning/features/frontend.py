@@ -171,7 +171,6 @@ class FeatureExtractor(nn.Module):
         if x.dim() == 2:  # raw waveforms
             x = self.logmel(x)
         x = x.float()
-        batch = x.shape[0]
         if self.normalize:
             mean, std = self._stats(x)
         if self.crop is not None:
@@ -182,9 +181,9 @@ class FeatureExtractor(nn.Module):
         col_scale: torch.Tensor | None = None
         if self.normalize:
             x = x - mean
-            row_scale = (1.0 / (std + 1e-5)).expand(batch, 1, 1)
+            row_scale = 1.0 / (std + 1e-5)  # (B, 1, 1)
         if self.training and self.augment is not None:
-            keep_f, keep_t = self.augment.masks(batch, x.shape[1], x.shape[2], x.device)
+            keep_f, keep_t = self.augment.masks(x.shape[0], x.shape[1], x.shape[2], x.device)
             row_scale = keep_f[:, :, None] if row_scale is None else row_scale * keep_f[:, :, None]
             col_scale = keep_t[:, None, :]
         if row_scale is not None:
@@ -212,13 +211,13 @@ class FeatureExtractor(nn.Module):
         crop_f, crop_t = self.crop
         if (crop_f, crop_t) == (freq, time):
             return x
-        if self.training:  # offsets drawn on the CPU: slicing needs them as Python ints anyway
-            off_f = torch.randint(0, freq - crop_f + 1, (batch,)).tolist()
-            off_t = torch.randint(0, time - crop_t + 1, (batch,)).tolist()
-        else:
-            off_f = [(freq - crop_f) // 2] * batch
-            off_t = [(time - crop_t) // 2] * batch
-        # One slice per sample, then one copy: far cheaper than a 3-D advanced-indexing gather.
+        if not self.training:  # centre crop: one slice, batch-size agnostic (traces and exports)
+            f, t = (freq - crop_f) // 2, (time - crop_t) // 2
+            return x[:, f : f + crop_f, t : t + crop_t]
+        # Offsets drawn on the CPU (slicing needs Python ints); one slice per sample, then one
+        # copy: far cheaper than a 3-D advanced-indexing gather.
+        off_f = torch.randint(0, freq - crop_f + 1, (batch,)).tolist()
+        off_t = torch.randint(0, time - crop_t + 1, (batch,)).tolist()
         return torch.stack(
             [x[i, f : f + crop_f, t : t + crop_t] for i, (f, t) in enumerate(zip(off_f, off_t, strict=True))]
         )
