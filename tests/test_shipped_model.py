@@ -6,6 +6,7 @@ import json
 import re
 
 from conftest import REPO, run_dirs
+
 from esc50_lightning.build import read_checkpoint
 
 SHIPPED = REPO / "src" / "esc50_lightning" / "pretrained" / "esc50_fold1.ckpt"

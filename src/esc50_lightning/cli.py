@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from esc50_lightning.errors import UserError, show_tracebacks
@@ -18,7 +19,12 @@ T = TypeVar("T")
 def guarded_task(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """Run a Hydra task; on a ``UserError`` print it, remove the run folder it left empty, exit 2."""
     try:
-        return fn(cfg)
+        try:
+            return fn(cfg)
+        except InstantiationException as wrapped:  # hydra.utils.instantiate wraps a constructor's errors
+            if isinstance(wrapped.__cause__, UserError):
+                raise wrapped.__cause__ from None
+            raise
     except UserError as err:
         if show_tracebacks():
             raise

@@ -318,12 +318,15 @@ class FoldedAudioDataModule(L.LightningDataModule):
             return
         table = self.table
         array = self._features(table) if self.cache_features else self._waveforms(table)
-        inputs = torch.from_numpy(np.array(array))  # copy out of the memory map
         labels = torch.from_numpy(table.labels.astype(np.int64))
+        loaded: dict[tuple[int, ...], torch.Tensor] = {}  # cv validates and tests on one fold: load it once
         for name, folds in self.splits.items():
-            rows = torch.from_numpy(np.flatnonzero(np.isin(table.folds, folds)))
+            rows = np.flatnonzero(np.isin(table.folds, folds))
+            key = tuple(folds)
+            if key not in loaded:  # read only this split's rows out of the memory map
+                loaded[key] = torch.from_numpy(np.ascontiguousarray(array[rows]))
             copies = self.copies_per_epoch if name == "train" else 1
-            self.sets[name] = ClipSet(inputs[rows], labels[rows], rows, copies)
+            self.sets[name] = ClipSet(loaded[key], labels[rows], torch.from_numpy(rows), copies)
 
     # ---- loaders --------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

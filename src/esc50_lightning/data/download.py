@@ -23,7 +23,8 @@ ESC50_URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
 def _layout_hint(spec: DatasetSpec) -> str:
     return (
         f"expected {spec.csv_path} and {spec.root_path / spec.audio_dir}/*.wav. Put the dataset there, "
-        "or point to it with data.dataset.root=PATH or the ESC50_ROOT environment variable"
+        "or point to it with data.dataset.root=PATH"
+        + (" or the ESC50_ROOT environment variable" if spec.name in ("esc50", "esc10") else "")
     )
 
 
