@@ -57,7 +57,9 @@ def run_train(esc50_root: Path, cache_dir: Path, tmp_path: Path):
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
-        args = [sys.executable, script, *(QUICK if quick else []), *overrides]
+        flags = [o for o in overrides if o.startswith("-")]  # Hydra wants -m before the overrides
+        rest = [o for o in overrides if not o.startswith("-")]
+        args = [sys.executable, script, *flags, *(QUICK if quick else []), *rest]
         proc = subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
         if check and proc.returncode != 0:
             raise AssertionError(

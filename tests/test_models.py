@@ -43,7 +43,7 @@ def test_resnet18_offline_download_says_how_to_supply_weights(monkeypatch):
     def offline(self, *args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(torchvision.models.Weights, "get_state_dict", offline)
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", offline)
     with pytest.raises(UserError) as err:
         resnet_module.ResNet18(pretrained=True)
     message = str(err.value)

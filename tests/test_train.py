@@ -45,7 +45,7 @@ def test_multirun_two_models(run_train, tmp_path):
     run_train("-m", "model=cnn4,cnn8")
     runs = run_dirs(tmp_path / "outputs")
     names = sorted(r.name for r in runs if (r / "metrics.json").is_file())
-    assert names == ["0_cnn4_fold1", "1_cnn8_fold1"]
+    assert names == ["0_esc50_cnn4_fold1", "1_esc50_cnn8_fold1"]
     assert all("multiruns" in r.parts for r in runs)
 
 
