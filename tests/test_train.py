@@ -87,3 +87,12 @@ def test_every_config_option_composes_and_instantiates(override, monkeypatch, tm
     if cfg.trainer.get("strategy") != "ddp" and not needs_gpu:  # those are exercised where they run
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_last_checkpoint_written_every_epoch_even_without_a_new_best(run_train, tmp_path):
+    # The best-checkpoint callback saves nothing in these two epochs; last.ckpt must still follow.
+    run_train("trainer.max_epochs=2", "callbacks.model_checkpoint.every_n_epochs=5", "model=cnn4")
+    (run,) = run_dirs(tmp_path / "outputs")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 1 and len(ckpt["esc50"]["history"]) == 2
