@@ -134,6 +134,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logmel = build_logmel(cfg)
     datamodule = instantiate(cfg.data, frontend=logmel)
     class_names = datamodule.class_names  # reads and checks the CSV
+    log.info(
+        "%s on %s: train folds %s, validation %s, test %s (protocol %s), %d classes; run dir %s",
+        cfg.model.name,
+        datamodule.spec.name,
+        datamodule.splits["train"],
+        datamodule.splits["val"],
+        datamodule.splits["test"],
+        datamodule.protocol,
+        len(class_names),
+        run_dir,
+    )
     module = build_module(cfg, class_names, logmel)
     if _local_rank() == 0:
         # Check every audio file and build the caches before Lightning launches other processes
@@ -169,6 +180,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         table = datamodule.table
         save_metrics(run_dir / "metrics.json", metrics)
+        head = metrics["headline"]
+        if "acc" in head:
+            log.info("Headline, %s: acc %.4f, macro F1 %.4f", head["source"], head["acc"], head["f1"])
         for name, outputs in (("val", module.last_val_outputs), ("test", module.last_test_outputs)):
             if outputs is not None and not (name == "test" and datamodule.protocol == "cv"):
                 write_predictions(
