@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +12,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from esc50_lightning.atomic import atomic_file
 from esc50_lightning.metrics import METRIC_NAMES
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
+    with atomic_file(path, "w") as handle:
         handle.write(text)
-    os.replace(tmp, path)
 
 
 def run_metrics(history: list[dict[str, float]], test: dict[str, float], info: dict[str, Any]) -> dict:
