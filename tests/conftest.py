@@ -44,6 +44,24 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+def script_env(root: Path, work: Path) -> dict[str, str]:
+    """Environment for a command run on the dataset at ``root``, cache and outputs under ``work``."""
+    return {
+        **os.environ,
+        "ESC50_ROOT": str(root),
+        "ESC50_CACHE": str(work / "cache"),
+        "ESC50_OUTPUTS": str(work / "outputs"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def run_script(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python <args...>`` in the repository, capturing its output."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 @pytest.fixture
 def run_train(esc50_root: Path, cache_dir: Path, tmp_path: Path):
     """Run ``python <script> overrides...`` in the repository with outputs under tmp_path."""

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pandas as pd
 import pytest
-from conftest import REPO, run_dirs
+from conftest import run_dirs, run_script, script_env
 from hydra.utils import instantiate
 from minids import make_subset
 from omegaconf import OmegaConf
@@ -23,16 +20,9 @@ def test_ddp_two_processes_match_a_single_process(esc50_root: Path, tmp_path: Pa
     # 7 classes x 5 folds: the 7 validation clips split 4 + 3 over the two ranks (batches of 2),
     # so a padding sampler would score one clip twice and change the figures.
     make_subset(esc50_root, tmp_path / "esc50", classes=7)
-    env = {
-        **os.environ,
-        "ESC50_ROOT": str(tmp_path / "esc50"),
-        "ESC50_CACHE": str(tmp_path / "cache"),
-        "ESC50_OUTPUTS": str(tmp_path / "outputs"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    proc = subprocess.run(
+    env = script_env(tmp_path / "esc50", tmp_path)
+    proc = run_script(
         [
-            sys.executable,
             "train.py",
             "model=cnn4",
             "trainer=ddp",
@@ -45,11 +35,7 @@ def test_ddp_two_processes_match_a_single_process(esc50_root: Path, tmp_path: Pa
             "data.batch_size=5",
             "data.eval_batch_size=2",
         ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -77,26 +63,9 @@ def test_ddp_two_processes_match_a_single_process(esc50_root: Path, tmp_path: Pa
 def test_ddp_reports_bad_data_once_without_tracebacks(esc50_root: Path, tmp_path: Path) -> None:
     names = list(make_subset(esc50_root, tmp_path / "esc50").filename)
     (tmp_path / "esc50" / "audio" / names[0]).write_text("not audio")
-    env = {
-        **os.environ,
-        "ESC50_ROOT": str(tmp_path / "esc50"),
-        "ESC50_CACHE": str(tmp_path / "cache"),
-        "ESC50_OUTPUTS": str(tmp_path / "outputs"),
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "model=cnn4",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    env = script_env(tmp_path / "esc50", tmp_path)
+    proc = run_script(
+        ["train.py", "model=cnn4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], env
     )
     assert proc.returncode == 2
     assert proc.stderr.count("error: dataset check failed (1 problem):") == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_dirs
+from conftest import REPO, run_dirs, run_script, script_env
 from minids import make_subset, snapshot
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -31,24 +30,11 @@ TINY = [
 @pytest.fixture
 def tiny_env(esc50_root: Path, tmp_path: Path) -> dict[str, str]:
     make_subset(esc50_root, tmp_path / "esc50", classes=5)
-    return {
-        **os.environ,
-        "ESC50_ROOT": str(tmp_path / "esc50"),
-        "ESC50_CACHE": str(tmp_path / "cache"),
-        "ESC50_OUTPUTS": str(tmp_path / "outputs"),
-        "PYTHONUNBUFFERED": "1",
-    }
+    return script_env(tmp_path / "esc50", tmp_path)
 
 
 def _train(env: dict[str, str], *overrides: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "train.py", *TINY, *overrides],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_script(["train.py", *TINY, *overrides], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -136,13 +122,8 @@ def test_resume_refuses_a_checkpoint_of_another_model(tiny_env: dict[str, str], 
     _train(tiny_env, "trainer.max_epochs=1")
     (run,) = run_dirs(tmp_path / "outputs")
     last = run / "checkpoints" / "last.ckpt"
-    proc = subprocess.run(
-        [sys.executable, "train.py", *TINY, "model=cnn8", f"ckpt_path={last}", "trainer.max_epochs=2"],
-        cwd=REPO,
-        env=tiny_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_script(
+        ["train.py", *TINY, "model=cnn8", f"ckpt_path={last}", "trainer.max_epochs=2"], tiny_env
     )
     assert proc.returncode == 2
     assert f"error: {last}: cannot resume" in proc.stderr
@@ -150,14 +131,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(tiny_env: dict[str, str], 
     assert "Traceback" not in proc.stderr
     assert run_dirs(tmp_path / "outputs") == [run], "the refused command leaves no run folder"
     # ... and latest finds nothing for a model that never ran.
-    proc = subprocess.run(
-        [sys.executable, "train.py", *TINY, "model=cnn8", "ckpt_path=latest"],
-        cwd=REPO,
-        env=tiny_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_script(["train.py", *TINY, "model=cnn8", "ckpt_path=latest"], tiny_env)
     assert proc.returncode == 2
     assert "error: ckpt_path=latest: no checkpoints/last.ckpt under" in proc.stderr
     assert "model.name=cnn8" in proc.stderr
