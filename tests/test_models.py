@@ -7,11 +7,11 @@ import torch
 import torchvision
 
 from esc50_lightning.errors import UserError
-from esc50_lightning.models import CNN4, CNN8, ResNet18
+from esc50_lightning.models import CNN4, CNN8, VGG8, ResNet18
 from esc50_lightning.models import resnet as resnet_module
 
 
-@pytest.mark.parametrize("cls", [CNN4, CNN8, ResNet18])
+@pytest.mark.parametrize("cls", [CNN4, CNN8, VGG8, ResNet18])
 @pytest.mark.parametrize("shape", [(100, 384), (128, 431), (64, 100), (40, 37)])
 def test_forward_any_input_size(cls, shape):
     net = cls(num_classes=7).eval()

@@ -36,16 +36,33 @@ class ResidualBlock(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Global average pooling (any input size) → dropout → linear."""
+    """Global pooling (any input size) → dropout → linear.
 
-    def __init__(self, in_ch: int, num_classes: int, dropout: float = 0.3):
+    ``pooling="avg"`` averages over frequency and time. ``pooling="avgmax"`` averages over frequency,
+    then adds the max and the mean over time (as PANNs do): a short event still counts fully.
+    """
+
+    def __init__(self, in_ch: int, num_classes: int, dropout: float = 0.3, pooling: str = "avg"):
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        if pooling not in ("avg", "avgmax"):
+            raise ValueError(f"pooling={pooling!r}: choose 'avg' or 'avgmax'")
+        self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_ch, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.pool(x).flatten(1)))
+        x = x.mean(dim=2)  # (B, C, T)
+        x = x.mean(dim=2) if self.pooling == "avg" else x.amax(dim=2) + x.mean(dim=2)
+        return self.fc(self.dropout(x))
+
+
+class VGGBlock(nn.Sequential):
+    """Two 3x3 conv layers at full resolution, then 2x2 average pooling."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(
+            ConvBNReLU(in_ch, out_ch), ConvBNReLU(out_ch, out_ch), nn.AvgPool2d(2, ceil_mode=True)
+        )
 
 
 class InputNorm(nn.Module):
