@@ -1,0 +1,38 @@
+"""Smoke test of ``python -m esc50_lightning.bench_loop``: framework vs bare loop on real clips.
+
+Timings are never asserted: only that both sides ran every epoch and the report adds up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from conftest import QUICK, run_script, script_env
+
+
+def test_bench_loop_times_both_sides_and_reports_their_ratio(
+    esc50_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    env = {**script_env(esc50_root, tmp_path), "ESC50_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "loop.json"
+    overrides = [o for o in QUICK if not o.startswith("trainer.max_epochs")]
+    overrides += ["model=cnn4", "augmentation=mixup", "optim=adamw_onecycle"]
+    args = ["-m", "esc50_lightning.bench_loop", "--epochs", "2", "--json", str(out), *overrides]
+    proc = run_script(args, env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    raw = json.loads(out.read_text())
+    assert len(raw["framework_epochs_s"]) == len(raw["bare_loop_epochs_s"]) == 2
+    assert all(s > 0 for s in raw["framework_epochs_s"] + raw["bare_loop_epochs_s"])
+    # the bare loop trains and validates: one line per epoch with an accuracy
+    assert len(re.findall(r"bare loop: epoch \d: [\d.]+ s, val acc [01]\.\d{3}", proc.stdout)) == 2
+    ratio = re.search(r"\| ratio \| ([\d.]+)× \|", proc.stdout)
+    assert ratio and abs(float(ratio.group(1)) - raw["framework_s"] / raw["bare_loop_s"]) < 1e-3
+    assert re.search(r"Target: framework ≤ 1\.05× the bare loop: (met|NOT met)", proc.stdout)
+
+
+def test_bench_loop_needs_two_epochs(esc50_root: Path, tmp_path: Path) -> None:
+    proc = run_script(["-m", "esc50_lightning.bench_loop", "--epochs", "1"], script_env(esc50_root, tmp_path))
+    assert proc.returncode != 0
+    assert "--epochs 1: give at least 2" in proc.stderr and "Traceback" not in proc.stderr
