@@ -1,4 +1,4 @@
-"""The three architectures: any input size, and ResNet18's ImageNet stem folding from a local file."""
+"""The architectures: any input size, the pooling head, ResNet18's ImageNet stem from a local file."""
 
 from __future__ import annotations
 
@@ -49,3 +49,20 @@ def test_resnet18_offline_download_says_how_to_supply_weights(monkeypatch):
     message = str(err.value)
     assert "could not download ImageNet weights" in message
     assert "model.net.weights_path=" in message or "weights_path" in message
+
+
+def test_avgmax_pooling_counts_a_short_event_fully():
+    from esc50_lightning.models.blocks import ClassifierHead
+
+    x = torch.zeros(1, 4, 8, 100)
+    x[..., 50] = 1.0  # an event one frame long, across all channels and bands
+    logits = {}
+    for pooling in ("avg", "avgmax"):
+        head = ClassifierHead(4, 1, dropout=0.0, pooling=pooling)
+        torch.nn.init.ones_(head.fc.weight)
+        torch.nn.init.zeros_(head.fc.bias)
+        logits[pooling] = head(x).item()
+    assert logits["avg"] == pytest.approx(4 * 0.01)  # diluted by the 99 silent frames
+    assert logits["avgmax"] == pytest.approx(4 * (1.0 + 0.01))
+    with pytest.raises(ValueError, match="pooling='max'"):
+        ClassifierHead(4, 1, pooling="max")

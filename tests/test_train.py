@@ -20,7 +20,7 @@ def _scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("model", ["cnn4", "cnn8", "resnet18"])
+@pytest.mark.parametrize("model", ["cnn4", "cnn8", "vgg8", "resnet18"])
 def test_train_one_epoch_leaves_checkpoints_events_and_metrics(run_train, tmp_path, model):
     proc = run_train(f"model={model}")
     (run,) = run_dirs(tmp_path / "outputs")
@@ -38,6 +38,10 @@ def test_train_one_epoch_leaves_checkpoints_events_and_metrics(run_train, tmp_pa
     assert abs(metrics["final"]["acc"] - scalars["val/acc"][-1]) < 1e-6
     predictions = (run / "predictions_val.csv").read_text().splitlines()
     assert len(predictions) == 1 + 50  # one clip per class in fold 1
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()  # one confusion figure, of the epoch with the lowest validation loss
+    figures = events.Images("val/confusion_matrix_best")
+    assert [f.step for f in figures] == [metrics["best"]["epoch"]] and figures[0].width > 100
     assert "lowest val loss" in proc.stdout and "final epoch" in proc.stdout
 
 
