@@ -18,7 +18,7 @@ def test_bench_loop_times_both_sides_and_reports_their_ratio(
     env = {**script_env(esc50_root, tmp_path), "ESC50_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "loop.json"
     overrides = [o for o in QUICK if not o.startswith("trainer.max_epochs")]
-    overrides += ["model=cnn4", "augmentation=mixup", "optim=adamw_onecycle"]
+    overrides += ["model=cnn4", "augmentation=mixup", "optim=adamw_onecycle", "features.crop=[64,128]"]
     args = ["-m", "esc50_lightning.bench_loop", "--epochs", "2", "--json", str(out), *overrides]
     proc = run_script(args, env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
