@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -34,7 +36,29 @@ class CNN4(nn.Module):
         return self.head(self.features(self.input_norm(x)))
 
 
-class CNN8(nn.Module):
+class StackedBlocks(nn.Module):
+    """Optional input norm → one block per channel width → global pooling head."""
+
+    def __init__(
+        self,
+        make_block: Callable[[int, int], nn.Module],
+        num_classes: int,
+        channels: Sequence[int],
+        dropout: float,
+        input_bn: bool,
+        pooling: str = "avg",
+    ):
+        super().__init__()
+        self.input_norm = InputNorm(input_bn)
+        widths = [1, *channels]
+        self.features = nn.Sequential(*(make_block(i, o) for i, o in itertools.pairwise(widths)))
+        self.head = ClassifierHead(widths[-1], num_classes, dropout, pooling)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.input_norm(x)))
+
+
+class CNN8(StackedBlocks):
     """Eight 3x3 conv layers in four residual blocks; stride-2 convolutions replace pooling."""
 
     def __init__(
@@ -44,21 +68,10 @@ class CNN8(nn.Module):
         dropout: float = 0.3,
         input_bn: bool = False,
     ):
-        super().__init__()
-        self.input_norm = InputNorm(input_bn)
-        blocks: list[nn.Module] = []
-        in_ch = 1
-        for out_ch in channels:
-            blocks.append(ResidualBlock(in_ch, out_ch, stride=2))
-            in_ch = out_ch
-        self.features = nn.Sequential(*blocks)
-        self.head = ClassifierHead(in_ch, num_classes, dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.input_norm(x)))
+        super().__init__(partial(ResidualBlock, stride=2), num_classes, channels, dropout, input_bn)
 
 
-class VGG8(nn.Module):
+class VGG8(StackedBlocks):
     """Eight 3x3 conv layers in four VGG blocks (two convs, then pooling), PANNs-style pooling head.
 
     Convolving twice before each downsampling costs about twice the compute of ``CNN8`` at the
@@ -73,15 +86,4 @@ class VGG8(nn.Module):
         input_bn: bool = False,
         pooling: str = "avgmax",
     ):
-        super().__init__()
-        self.input_norm = InputNorm(input_bn)
-        blocks: list[nn.Module] = []
-        in_ch = 1
-        for out_ch in channels:
-            blocks.append(VGGBlock(in_ch, out_ch))
-            in_ch = out_ch
-        self.features = nn.Sequential(*blocks)
-        self.head = ClassifierHead(in_ch, num_classes, dropout, pooling)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.input_norm(x)))
+        super().__init__(VGGBlock, num_classes, channels, dropout, input_bn, pooling)
