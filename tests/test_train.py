@@ -43,6 +43,17 @@ def test_train_one_epoch_leaves_checkpoints_events_and_metrics(run_train, tmp_pa
     figures = events.Images("val/confusion_matrix_best")
     assert [f.step for f in figures] == [metrics["best"]["epoch"]] and figures[0].width > 100
     assert "lowest val loss" in proc.stdout and "final epoch" in proc.stdout
+    # One line per epoch in train.log, with the same validation accuracy as TensorBoard.
+    (line,) = [ln for ln in (run / "train.log").read_text().splitlines() if "epoch 1/1 |" in ln]
+    assert "train loss" in line and f"val loss {metrics['final']['loss']:.4f}" in line
+
+
+def test_logger_none_trains_without_tensorboard(run_train, tmp_path):
+    # The default callbacks include a learning-rate monitor, which Lightning refuses without a logger.
+    run_train("model=cnn4", "logger=none")
+    (run,) = run_dirs(tmp_path / "outputs")
+    assert (run / "metrics.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "tensorboard").exists()
 
 
 def test_multirun_two_models(run_train, tmp_path):

@@ -41,6 +41,7 @@ from omegaconf import DictConfig
 
 from esc50_lightning.build import build_logmel, build_module
 from esc50_lightning.errors import UserError, run_guarded
+from esc50_lightning.hardware import cpu_flags, cpu_has_native_bf16, cpu_model
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 BUSY = (
@@ -82,26 +83,6 @@ def mode_for(args: argparse.Namespace, device: torch.device) -> Mode:
 
 
 # ---- machine ----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def machine_info(device: torch.device) -> dict[str, Any]:
     import lightning
 
@@ -111,7 +92,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "cpu": cpu_model(),
         "cores": cores,
         "torch_threads": torch.get_num_threads(),
-        "cpu_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+        "cpu_bf16": bool(cpu_has_native_bf16(flags)),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
         "load_average_start": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),

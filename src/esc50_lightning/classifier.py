@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +21,8 @@ from esc50_lightning.metrics import classification_metrics, confusion_figure
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
+
+log = logging.getLogger(__name__)
 
 
 class AudioClassifier(L.LightningModule):
@@ -65,6 +69,7 @@ class AudioClassifier(L.LightningModule):
         self.last_val_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_test_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._best_val_loss = float("inf")
+        self._epoch_start = time.perf_counter()
         self._best_confusion: tuple[Any, dict[str, float], int] | None = None
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -126,8 +131,20 @@ class AudioClassifier(L.LightningModule):
         self.log_dict(values, sync_dist=False)  # torchmetrics already synced across ranks
         return {k: float(v) for k, v in values.items()}
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+
     def on_train_epoch_end(self) -> None:
-        self._epoch_values("train")
+        # Validation has run by now (Lightning 2.x): one line per epoch in train.log for `tail -f`.
+        parts = [f"epoch {self.current_epoch + 1}/{self.trainer.max_epochs}"]
+        train = self._epoch_values("train")
+        parts.append(f"train loss {train['train/loss']:.4f} acc {train['train/acc']:.4f}")
+        if self.history and self.history[-1]["epoch"] == self.current_epoch:
+            val = self.history[-1]
+            parts.append(f"val loss {val['val/loss']:.4f} acc {val['val/acc']:.4f}")
+        parts.append(f"{time.perf_counter() - self._epoch_start:.1f} s")
+        if self.global_rank == 0:
+            log.info(" | ".join(parts))
 
     def on_validation_epoch_start(self) -> None:
         self._eval_outputs = []

@@ -12,11 +12,13 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from esc50_lightning.build import build_logmel, build_module, read_checkpoint
 from esc50_lightning.checkpoint_io import AtomicCheckpointIO
 from esc50_lightning.errors import UserError
+from esc50_lightning.hardware import cpu_has_native_bf16, cpu_model
 from esc50_lightning.results import print_summary, run_metrics, save_metrics, write_predictions
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,18 @@ def _check_config(cfg: DictConfig) -> None:
         log.info("trainer.sync_batchnorm needs GPUs; turned off for this CPU run")
         with open_dict(cfg):
             cfg.trainer.sync_batchnorm = False
+    precision = str(cfg.trainer.get("precision", ""))
+    if on_cpu and precision.startswith("bf16") and cpu_has_native_bf16() is False:
+        # bf16 only buys speed here, and without bf16 instructions oneDNN emulates it: the step is
+        # several times slower than float32 (python -m esc50_lightning.bench shows the figures).
+        log.warning(
+            "trainer.precision=%s: this CPU (%s) has no bf16 instructions (avx512_bf16/amx_bf16), "
+            "where bf16 runs several times slower than float32; training with 32-true instead",
+            precision,
+            cpu_model(),
+        )
+        with open_dict(cfg):
+            cfg.trainer.precision = "32-true"
 
 
 # What must match between a checkpoint's run and the command resuming it.
@@ -157,6 +171,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
+        # Lightning refuses a learning-rate monitor without a logger; logger=none means "log nothing".
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     plugins = [instantiate(p) if isinstance(p, DictConfig) else p for p in cfg.trainer.get("plugins") or []]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())  # never a half-written last.ckpt after kill -9

@@ -1,0 +1,46 @@
+"""bf16 autocast on a CPU without bf16 instructions falls back to float32, with a warning."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from conftest import REPO
+from hydra import compose, initialize_config_dir
+
+import esc50_lightning.train as train_mod
+from esc50_lightning.hardware import cpu_has_native_bf16
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=["experiment=cpu_best", "trainer=cpu", *overrides])
+
+
+def test_cpu_flags_decide_native_bf16():
+    assert cpu_has_native_bf16({"avx2", "fma"}) is False
+    assert cpu_has_native_bf16({"avx2", "avx512f", "avx512_bf16"}) is True
+    assert cpu_has_native_bf16({"amx_bf16"}) is True
+
+
+@pytest.mark.parametrize(
+    ("native", "expected"), [(False, "32-true"), (True, "bf16-mixed"), (None, "bf16-mixed")]
+)
+def test_bf16_recipe_runs_float32_without_bf16_instructions(monkeypatch, caplog, native, expected):
+    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: native)
+    cfg = _cfg()
+    assert cfg.trainer.precision == "bf16-mixed"
+    with caplog.at_level(logging.WARNING, logger=train_mod.log.name):
+        train_mod._check_config(cfg)
+    assert cfg.trainer.precision == expected
+    warned = [r.getMessage() for r in caplog.records if "no bf16 instructions" in r.getMessage()]
+    assert bool(warned) == (native is False)
+    if warned:
+        assert "trainer.precision=bf16-mixed" in warned[0] and "32-true" in warned[0]
+
+
+def test_float32_request_is_left_alone(monkeypatch):
+    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: False)
+    cfg = _cfg("trainer.precision=32-true")
+    train_mod._check_config(cfg)
+    assert cfg.trainer.precision == "32-true"
