@@ -42,6 +42,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from esc50_lightning.build import build_logmel
 from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.features.frontend import resolve_crop
+from esc50_lightning.train import use_native_precision
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 TARGET = 1.05  # the framework may cost at most 5 % more time per epoch than the bare loop
@@ -74,6 +75,8 @@ def bench_config(overrides: list[str], epochs: int, run_dir: Path) -> DictConfig
             "_target_": f"{__name__}.EpochTimer",
             "path": str(run_dir / "epoch_times.txt"),
         }
+    # The bare loop must run at the precision train.py will actually use on this machine.
+    use_native_precision(cfg, on_cpu=not torch.cuda.is_available())
     return cfg
 
 

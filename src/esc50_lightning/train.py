@@ -43,6 +43,11 @@ def _check_config(cfg: DictConfig) -> None:
         log.info("trainer.sync_batchnorm needs GPUs; turned off for this CPU run")
         with open_dict(cfg):
             cfg.trainer.sync_batchnorm = False
+    use_native_precision(cfg, on_cpu)
+
+
+def use_native_precision(cfg: DictConfig, on_cpu: bool) -> None:
+    """Switch a CPU run's bf16 request to ``32-true`` where the CPU has no bf16 instructions."""
     precision = str(cfg.trainer.get("precision", ""))
     if on_cpu and precision.startswith("bf16") and cpu_has_native_bf16() is False:
         # bf16 only buys speed here, and without bf16 instructions oneDNN emulates it: the step is
