@@ -91,6 +91,60 @@ def test_eval_refuses_a_training_fold_unless_told(trained: dict, tmp_path: Path)
     assert metrics["fold"] == 3 and metrics["on_seen_fold"] is True
 
 
+# ---- ensembles ----------------------------------------------------------------------------------
+def _perturbed_copy(src: Path, dst: Path, **data_changes) -> Path:
+    """A second "trained" member: the same checkpoint with noise on its network weights."""
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    generator = torch.Generator().manual_seed(0)
+    for key, value in ckpt["state_dict"].items():
+        if key.startswith("net.") and value.is_floating_point() and value.dim() > 1:
+            value.add_(0.5 * value.std() * torch.randn(value.shape, generator=generator))
+    ckpt["esc50"]["data"].update(data_changes)
+    torch.save(ckpt, dst)
+    return dst
+
+
+def test_ensemble_checkpoint_averages_member_probabilities(trained: dict, tmp_path: Path) -> None:
+    first = trained["ckpt"]
+    second = _perturbed_copy(first, tmp_path / "second.ckpt")
+    ensemble = tmp_path / "ensemble.ckpt"
+    build = ["-m", "esc50_lightning.build", str(first), str(second), str(ensemble), "--fp32"]
+    proc = _python(build, trained["env"])
+    assert proc.returncode == 0, proc.stderr
+    module, info = load_classifier(ensemble)
+    members = [load_classifier(path)[0] for path in (first, second)]
+    x = torch.randn(3, 1, 64, 216, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = (members[0].net(x).softmax(-1) + members[1].net(x).softmax(-1)) / 2
+        got = module.net(x).softmax(-1)
+        assert not torch.allclose(members[0].net(x), members[1].net(x), atol=1e-3)  # members differ
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert info["model_name"].startswith("ensemble of 2")
+    assert [m["source"] for m in info["members"]] == [str(first), str(second)]
+    assert info["data"]["splits"]["train"] == [2, 3, 4, 5]
+
+    # eval.py scores it on real fold-1 clips like any checkpoint
+    env = {**trained["env"], "ESC50_OUTPUTS": str(tmp_path / "outputs")}
+    overrides = [f"ckpt_path={ensemble}", "data.fold=1", "data.limit_per_class=1"]
+    proc = _python(["eval.py", *overrides, "trainer.enable_progress_bar=false"], env)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = run_dirs(tmp_path / "outputs" / "eval")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["clips"] == 50 and metrics["model"].startswith("ensemble of 2")
+
+
+def test_ensemble_refuses_members_trained_on_other_folds(trained: dict, tmp_path: Path) -> None:
+    first = trained["ckpt"]
+    splits = {"train": [1, 3, 4, 5], "val": [2], "test": [2]}
+    other = _perturbed_copy(first, tmp_path / "fold2.ckpt", fold=2, splits=splits)
+    ensemble = tmp_path / "ensemble.ckpt"
+    proc = _python(["-m", "esc50_lightning.build", str(first), str(other), str(ensemble)], trained["env"])
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"{other}: data fold 2 differs" in proc.stderr
+    assert not ensemble.exists() and not list(tmp_path.glob(".ensemble*"))
+
+
 # ---- predict ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def predicted(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:

@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from esc50_lightning.checkpoint_io import atomic_torch_save
 from esc50_lightning.classifier import AudioClassifier
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel
@@ -87,28 +88,103 @@ def slim_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Path
     them back to float32.
     """
     ckpt = read_checkpoint(src)
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
-    slim = {"state_dict": state, "esc50": ckpt["esc50"], "epoch": ckpt.get("epoch")}
+    slim = {"state_dict": ckpt["state_dict"], "esc50": ckpt["esc50"], "epoch": ckpt.get("epoch")}
+    return _save_slim(slim, dst, half)
+
+
+# What members of one ensemble must share: the same input features from the same clips, and
+# the same held-out fold (an ensemble with one member that trained on it is not an evaluation).
+_SHARED_DATA = ("dataset", "fold", "protocol", "splits", "class_names", "sample_rate", "clip_seconds")
+
+
+def _member_net_config(info: dict[str, Any]) -> dict[str, Any]:
+    net = copy.deepcopy(info["config"]["model"]["net"])
+    net["num_classes"] = len(info["data"]["class_names"])
+    if "pretrained" in net:
+        net["pretrained"] = False  # weights come from the checkpoint
+    return net
+
+
+def ensemble_checkpoint(srcs: list[str | Path], dst: str | Path, half: bool = True) -> Path:
+    """One checkpoint that averages the class probabilities of several trained checkpoints.
+
+    The members must have been trained on the same folds with the same features (they share one
+    frontend); eval.py and predict load the result like any other checkpoint.
+    """
+    if len(srcs) < 2:
+        raise UserError(f"an ensemble needs at least two checkpoints, got {len(srcs)}")
+    ckpts = [read_checkpoint(src) for src in srcs]
+    first = ckpts[0]["esc50"]
+    for src, ckpt in zip(srcs[1:], ckpts[1:], strict=True):
+        info = ckpt["esc50"]
+        for key in _SHARED_DATA:
+            if info["data"].get(key) != first["data"].get(key):
+                raise UserError(
+                    f"{src}: data {key} {info['data'].get(key)!r} differs from {srcs[0]}'s "
+                    f"{first['data'].get(key)!r}; ensemble members must share folds and classes"
+                )
+        if info["config"]["features"] != first["config"]["features"]:
+            raise UserError(
+                f"{src}: its features config differs from {srcs[0]}'s; members must share one frontend"
+            )
+
+    record = copy.deepcopy(first)
+    names = [ckpt["esc50"].get("model_name", "?") for ckpt in ckpts]
+    record["model_name"] = f"ensemble of {len(ckpts)} ({', '.join(names)})"
+    record["config"]["model"] = {
+        "name": "ensemble",
+        "net": {
+            "_target_": "esc50_lightning.models.Ensemble",
+            "members": [_member_net_config(ckpt["esc50"]) for ckpt in ckpts],
+        },
+    }
+    record["history"] = []
+    record["members"] = [
+        {
+            "source": str(src),
+            "model_name": ckpt["esc50"].get("model_name"),
+            "seed": ckpt["esc50"]["config"].get("seed"),
+            "final_epoch": (ckpt["esc50"].get("history") or [None])[-1],
+        }
+        for src, ckpt in zip(srcs, ckpts, strict=True)
+    ]
+
+    state: dict[str, torch.Tensor] = {}
+    for i, ckpt in enumerate(ckpts):
+        for key, value in ckpt["state_dict"].items():
+            key = key.replace("._orig_mod.", ".")
+            if key.startswith("net."):
+                state[f"net.members.{i}.{key.removeprefix('net.')}"] = value
+            elif i == 0:  # the shared frontend's buffers
+                state[key] = value
+    return _save_slim({"state_dict": state, "esc50": record, "epoch": None}, dst, half)
+
+
+def _save_slim(ckpt: dict[str, Any], dst: str | Path, half: bool) -> Path:
+    if half:
+        state = ckpt["state_dict"]
+        ckpt["state_dict"] = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(dst.suffix + ".tmp")
-    torch.save(slim, tmp)
-    tmp.replace(dst)
+    atomic_torch_save(ckpt, dst)
     return dst
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m esc50_lightning.build SRC.ckpt DST.ckpt [--fp32]``: write a slim checkpoint."""
+    """``python -m esc50_lightning.build SRC.ckpt [SRC.ckpt ...] DST.ckpt [--fp32]``: write a slim
+    checkpoint; with several sources, one that averages their predictions (an ensemble)."""
     import argparse
 
     from esc50_lightning.errors import run_guarded
 
     parser = argparse.ArgumentParser(prog="python -m esc50_lightning.build", description=main.__doc__)
-    parser.add_argument("src")
+    parser.add_argument("src", nargs="+", help="trained checkpoint(s); several make an ensemble")
     parser.add_argument("dst")
     parser.add_argument("--fp32", action="store_true", help="keep float32 weights")
     args = parser.parse_args(argv)
-    out = run_guarded(lambda: slim_checkpoint(args.src, args.dst, half=not args.fp32))
+    if len(args.src) == 1:
+        out = run_guarded(lambda: slim_checkpoint(args.src[0], args.dst, half=not args.fp32))
+    else:
+        out = run_guarded(lambda: ensemble_checkpoint(args.src, args.dst, half=not args.fp32))
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
