@@ -22,8 +22,12 @@ class Ensemble(nn.Module):
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
         self.members = nn.ModuleList(members)
-        self.num_classes = num_classes
+        self.num_classes = num_classes  # what every member must answer over
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_probs = torch.stack([member(x).log_softmax(dim=-1) for member in self.members])
+        if log_probs.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"ensemble members output {log_probs.shape[-1]} classes, expected {self.num_classes}"
+            )
         return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
