@@ -11,6 +11,8 @@ from pathlib import Path
 
 from conftest import QUICK, run_script, script_env
 
+from esc50_lightning.bench_loop import side_order
+
 
 def test_bench_loop_times_both_sides_and_reports_their_ratio(
     esc50_root: Path, cache_dir: Path, tmp_path: Path
@@ -19,12 +21,14 @@ def test_bench_loop_times_both_sides_and_reports_their_ratio(
     out = tmp_path / "loop.json"
     overrides = [o for o in QUICK if not o.startswith("trainer.max_epochs")]
     overrides += ["model=cnn4", "augmentation=mixup", "optim=adamw_onecycle", "features.crop=[64,128]"]
-    args = ["-m", "esc50_lightning.bench_loop", "--epochs", "2", "--json", str(out), *overrides]
-    proc = run_script(args, env, timeout=600)
+    args = ["-m", "esc50_lightning.bench_loop", "--epochs", "2", "--rounds", "1", "--json", str(out)]
+    proc = run_script([*args, *overrides], env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     raw = json.loads(out.read_text())
-    assert len(raw["framework_epochs_s"]) == len(raw["bare_loop_epochs_s"]) == 2
-    assert all(s > 0 for s in raw["framework_epochs_s"] + raw["bare_loop_epochs_s"])
+    assert raw["order"] == ["bare", "framework"]
+    (framework,), (bare,) = raw["framework_runs_s"], raw["bare_loop_runs_s"]
+    assert len(framework) == len(bare) == 2
+    assert all(s > 0 for s in framework + bare)
     # the bare loop trains and validates: one line per epoch with an accuracy
     assert len(re.findall(r"bare loop: epoch \d: [\d.]+ s, val acc [01]\.\d{3}", proc.stdout)) == 2
     ratio = re.search(r"\| ratio \| ([\d.]+)× \|", proc.stdout)
@@ -36,3 +40,8 @@ def test_bench_loop_needs_two_epochs(esc50_root: Path, tmp_path: Path) -> None:
     proc = run_script(["-m", "esc50_lightning.bench_loop", "--epochs", "1"], script_env(esc50_root, tmp_path))
     assert proc.returncode != 0
     assert "--epochs 1: give at least 2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rounds_alternate_sides_abba() -> None:
+    assert side_order(1) == ["bare", "framework"]
+    assert side_order(2) == ["bare", "framework", "framework", "bare"]
