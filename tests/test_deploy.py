@@ -91,6 +91,51 @@ def test_eval_refuses_a_training_fold_unless_told(trained: dict, tmp_path: Path)
     assert metrics["fold"] == 3 and metrics["on_seen_fold"] is True
 
 
+def test_build_sets_the_cut_eval_scores_and_eval_can_override_it(trained: dict, tmp_path: Path) -> None:
+    """``build --eval-crop`` records a whole-clip cut; eval.py scores it, or any cut it is given."""
+    whole = tmp_path / "whole.ckpt"
+    proc = _python(
+        ["-m", "esc50_lightning.build", str(trained["ckpt"]), str(whole), "--eval-crop", "100,null"],
+        trained["env"],
+    )
+    assert proc.returncode == 0, proc.stderr
+    module, info = load_classifier(whole)
+    assert module.features.output_shape == (100, 384)  # training cut unchanged
+    assert module.features.eval_shape == (100, 431)  # every frame of the 5 s clip
+    assert info["eval_crop_set_by_build"] == {"from": [100, 0.89], "to": [100, None]}
+
+    def scored(*overrides: str) -> dict:
+        out = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}"
+        env = {**trained["env"], "ESC50_OUTPUTS": str(out)}
+        proc = _python(["eval.py", "data.fold=1", "data.limit_per_class=1", *overrides], env)
+        assert proc.returncode == 0, proc.stderr
+        (run,) = run_dirs(out / "eval")
+        return json.loads((run / "metrics.json").read_text())
+
+    built = scored(f"ckpt_path={whole}")
+    overridden = scored(f"ckpt_path={trained['ckpt']}", "eval_crop=[100,null]")
+    default = scored(f"ckpt_path={trained['ckpt']}")
+    assert built["input"] == overridden["input"] == [100, 431] and default["input"] == [100, 384]
+    # float16 weights in the built copy: the same clips and cut give nearly the same loss
+    assert built["test"]["loss"] == pytest.approx(overridden["test"]["loss"], abs=2e-3)
+    assert overridden["test"]["loss"] != pytest.approx(default["test"]["loss"], abs=1e-6)
+
+    bad = _python(
+        [
+            "-m",
+            "esc50_lightning.build",
+            str(trained["ckpt"]),
+            str(tmp_path / "bad.ckpt"),
+            "--eval-crop",
+            "200,null",
+        ],
+        trained["env"],
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "features.eval_crop=[200, None] does not fit the spectrogram 128x431" in bad.stderr
+    assert not (tmp_path / "bad.ckpt").exists()
+
+
 # ---- ensembles ----------------------------------------------------------------------------------
 def _perturbed_copy(src: Path, dst: Path, **data_changes) -> Path:
     """A second "trained" member: the same checkpoint with noise on its network weights."""

@@ -97,3 +97,23 @@ def test_eval_frontend_is_batch_size_agnostic_when_traced(waves: torch.Tensor) -
     features = FeatureExtractor(LogMel(), 220500, (100, 384), augment=SpecAugment()).eval()
     traced = torch.jit.trace(features, waves[:2], check_trace=False)
     torch.testing.assert_close(traced(waves[:5]), features(waves[:5]))
+
+
+def test_evaluation_scores_its_own_centred_cut() -> None:
+    """Training cuts ``crop`` at random; evaluation cuts ``eval_crop`` (default: the same size)."""
+    logmel = LogMel(n_mels=64, hop_length=1024, f_max=14000.0)
+    spec = torch.randn(3, 64, 216)
+    same = FeatureExtractor(logmel, 5 * 44100, (56, 200), augment=None)
+    assert same.eval_shape == same.output_shape == (56, 200)
+    whole_clip = FeatureExtractor(logmel, 5 * 44100, (56, 200), eval_crop=(56, None))
+    assert whole_clip.train()(spec).shape == (3, 1, 56, 200)
+    out = whole_clip.eval()(spec)
+    assert out.shape == (3, 1, 56, 216)
+    # the centred 56 mels of every frame, standardised with the whole spectrogram's statistics
+    mean = spec.mean(dim=(1, 2), keepdim=True)
+    std = spec.std(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(out[:, 0], ((spec - mean) / (std + 1e-5))[:, 4:60], atol=1e-5, rtol=1e-5)
+    whole_clip.set_eval_crop(None)
+    assert whole_clip(spec).shape == (3, 1, 64, 216)
+    with pytest.raises(UserError, match=r"features.eval_crop=\[80, None\] does not fit .*64x216"):
+        whole_clip.set_eval_crop((80, None))

@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from esc50_lightning.checkpoint_io import atomic_torch_save
 from esc50_lightning.classifier import AudioClassifier
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel
-from esc50_lightning.features.frontend import clip_samples
+from esc50_lightning.features.frontend import CropSize, clip_samples
 
 
 def build_logmel(cfg: DictConfig) -> LogMel:
@@ -25,12 +25,14 @@ def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtr
     logmel = logmel or build_logmel(cfg)
     augment = instantiate(cfg.augmentation.spec_augment) if cfg.augmentation.spec_augment else None
     crop = cfg.features.crop
+    eval_crop = cfg.features.get("eval_crop", crop)  # checkpoints from before eval_crop: the same
     return FeatureExtractor(
         logmel,
         clip_samples(cfg.data.dataset.sample_rate, cfg.data.dataset.clip_seconds),
         crop=None if crop is None else tuple(crop),
         normalize=cfg.features.normalize,
         augment=augment,
+        eval_crop=None if eval_crop is None else tuple(eval_crop),
     )
 
 
@@ -64,45 +66,84 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def _plain_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """State-dict keys as an uncompiled module has them (torch.compile inserts ``._orig_mod.``)."""
+    return {k.replace("._orig_mod.", "."): v for k, v in state.items()}
+
+
+def _offline_net(net: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a ``model.net`` config that downloads nothing: weights come from the checkpoint."""
+    net = copy.deepcopy(net)
+    if "pretrained" in net:
+        net["pretrained"] = False
+    return net
+
+
 def load_classifier(path: str | Path) -> tuple[AudioClassifier, dict[str, Any]]:
     """Rebuild the module a checkpoint was trained with, weights loaded, in eval mode."""
     ckpt = read_checkpoint(path)
     info = ckpt["esc50"]
-    cfg = OmegaConf.create(copy.deepcopy(info["config"]))
-    with open_dict(cfg):
-        if "pretrained" in cfg.model.net:
-            cfg.model.net.pretrained = False  # weights come from the checkpoint
-        cfg.compile = False
-    module = build_module(cfg, list(info["data"]["class_names"]))
-    state = {k.replace("._orig_mod.", "."): v for k, v in ckpt["state_dict"].items()}
-    module.load_state_dict(state)
+    config = copy.deepcopy(info["config"])
+    config["model"]["net"] = _offline_net(config["model"]["net"])
+    config["compile"] = False
+    module = build_module(OmegaConf.create(config), list(info["data"]["class_names"]))
+    module.load_state_dict(_plain_state_dict(ckpt["state_dict"]))
     module.run_info = info
     module.history = list(info.get("history", []))
     return module.eval(), info
 
 
-def slim_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Path:
+def slim_checkpoint(
+    src: str | Path, dst: str | Path, half: bool = True, eval_crop: list[CropSize] | str = "checkpoint"
+) -> Path:
     """Weights and run record only (no optimiser or callback state): what one ships to users.
 
     ``half`` stores floating-point weights as float16 (half the size); ``load_classifier`` casts
-    them back to float32.
+    them back to float32. ``eval_crop`` other than ``"checkpoint"`` sets the centred cut the
+    result scores (``features.eval_crop``); the weights do not depend on it, and the run record
+    notes the change.
     """
     ckpt = read_checkpoint(src)
-    slim = {"state_dict": ckpt["state_dict"], "esc50": ckpt["esc50"], "epoch": ckpt.get("epoch")}
+    info = copy.deepcopy(ckpt["esc50"])
+    if eval_crop != "checkpoint":
+        features = info["config"]["features"]
+        previous = features.get("eval_crop", features["crop"])
+        features["eval_crop"] = eval_crop
+        build_features(OmegaConf.create(info["config"]))  # refuses a cut that does not fit
+        info["eval_crop_set_by_build"] = {"from": previous, "to": eval_crop}
+    slim = {"state_dict": ckpt["state_dict"], "esc50": info, "epoch": ckpt.get("epoch")}
     return _save_slim(slim, dst, half)
+
+
+def parse_crop(text: str) -> list[CropSize] | None:
+    """``"56,null"`` → ``[56, None]``; ``"null"`` → ``None`` (the whole spectrogram)."""
+
+    def entry(value: str) -> CropSize:
+        value = value.strip()
+        if value in ("null", "none", "full"):
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        try:
+            return float(value)
+        except ValueError:
+            raise UserError(
+                f"--eval-crop {text}: {value!r} is not a number of bins, a fraction or null"
+            ) from None
+
+    if text.strip() in ("null", "none", "full"):
+        return None
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise UserError(f"--eval-crop {text}: give MELS,FRAMES (e.g. 56,null) or null")
+    return [entry(p) for p in parts]
 
 
 # What members of one ensemble must share: the same input features from the same clips, and
 # the same held-out fold (an ensemble with one member that trained on it is not an evaluation).
 _SHARED_DATA = ("dataset", "fold", "protocol", "splits", "class_names", "sample_rate", "clip_seconds")
-
-
-def _member_net_config(info: dict[str, Any]) -> dict[str, Any]:
-    net = copy.deepcopy(info["config"]["model"]["net"])
-    net["num_classes"] = len(info["data"]["class_names"])
-    if "pretrained" in net:
-        net["pretrained"] = False  # weights come from the checkpoint
-    return net
 
 
 def ensemble_checkpoint(srcs: list[str | Path], dst: str | Path, half: bool = True) -> Path:
@@ -135,7 +176,13 @@ def ensemble_checkpoint(srcs: list[str | Path], dst: str | Path, half: bool = Tr
         "name": "ensemble",
         "net": {
             "_target_": "esc50_lightning.models.Ensemble",
-            "members": [_member_net_config(ckpt["esc50"]) for ckpt in ckpts],
+            "members": [
+                {
+                    **_offline_net(ckpt["esc50"]["config"]["model"]["net"]),
+                    "num_classes": len(record["data"]["class_names"]),
+                }
+                for ckpt in ckpts
+            ],
         },
     }
     record["history"] = []
@@ -151,8 +198,7 @@ def ensemble_checkpoint(srcs: list[str | Path], dst: str | Path, half: bool = Tr
 
     state: dict[str, torch.Tensor] = {}
     for i, ckpt in enumerate(ckpts):
-        for key, value in ckpt["state_dict"].items():
-            key = key.replace("._orig_mod.", ".")
+        for key, value in _plain_state_dict(ckpt["state_dict"]).items():
             if key.startswith("net."):
                 state[f"net.members.{i}.{key.removeprefix('net.')}"] = value
             elif i == 0:  # the shared frontend's buffers
@@ -180,11 +226,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("src", nargs="+", help="trained checkpoint(s); several make an ensemble")
     parser.add_argument("dst")
     parser.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    parser.add_argument(
+        "--eval-crop",
+        metavar="MELS,FRAMES",
+        help="centred cut the checkpoint scores from now on, e.g. 56,null (null: the whole axis)",
+    )
     args = parser.parse_args(argv)
-    if len(args.src) == 1:
-        out = run_guarded(lambda: slim_checkpoint(args.src[0], args.dst, half=not args.fp32))
-    else:
-        out = run_guarded(lambda: ensemble_checkpoint(args.src, args.dst, half=not args.fp32))
+
+    def build() -> Path:
+        if len(args.src) == 1:
+            crop = "checkpoint" if args.eval_crop is None else parse_crop(args.eval_crop)
+            return slim_checkpoint(args.src[0], args.dst, half=not args.fp32, eval_crop=crop)
+        if args.eval_crop is not None:
+            raise UserError("--eval-crop applies to one checkpoint; set it on the members first")
+        return ensemble_checkpoint(args.src, args.dst, half=not args.fp32)
+
+    out = run_guarded(build)
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 

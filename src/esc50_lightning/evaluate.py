@@ -50,6 +50,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(str(cfg.ckpt_path)).expanduser().resolve()
     run_dir = Path(cfg.paths.output_dir)
     module, info = load_classifier(ckpt_path)
+    if cfg.get("eval_crop", "checkpoint") != "checkpoint":
+        crop = cfg.eval_crop
+        module.features.set_eval_crop(None if crop is None else tuple(crop))
     trained = info["data"]
     fold = int(trained["splits"]["test"][0] if cfg.data.fold is None else cfg.data.fold)
     seen = seen_folds(trained)
@@ -88,6 +91,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "dataset": trained["dataset"],
         "fold": fold,
         "clips": len(datamodule.sets["test"]),
+        "input": list(module.features.eval_shape),
         "trained": {k: trained[k] for k in ("protocol", "fold", "splits")},
         "on_seen_fold": fold in seen,
         "test": test,

@@ -111,7 +111,9 @@ class SpecAugment(nn.Module):
 CropSize = int | float | None
 
 
-def resolve_crop(crop: Sequence[CropSize] | None, input_shape: tuple[int, int]) -> tuple[int, int] | None:
+def resolve_crop(
+    crop: Sequence[CropSize] | None, input_shape: tuple[int, int], key: str = "features.crop"
+) -> tuple[int, int] | None:
     """Turn ``features.crop`` into ``(mels, frames)`` for a spectrogram of ``input_shape``.
 
     Each entry is a size in bins (an int), a fraction of that axis (a float in (0, 1], so one
@@ -120,7 +122,7 @@ def resolve_crop(crop: Sequence[CropSize] | None, input_shape: tuple[int, int]) 
     if crop is None:
         return None
     if len(crop) != 2:
-        raise UserError(f"features.crop={list(crop)} must be [mels, frames]")
+        raise UserError(f"{key}={list(crop)} must be [mels, frames]")
     sizes = []
     for axis, (value, full) in enumerate(zip(crop, input_shape, strict=True)):
         name = ("mels", "frames")[axis]
@@ -131,22 +133,28 @@ def resolve_crop(crop: Sequence[CropSize] | None, input_shape: tuple[int, int]) 
         elif float(value).is_integer():
             sizes.append(int(value))
         else:
-            raise UserError(f"features.crop {name}={value}: give a number of bins or a fraction in (0, 1]")
+            raise UserError(f"{key} {name}={value}: give a number of bins or a fraction in (0, 1]")
     if sizes[0] > input_shape[0] or sizes[1] > input_shape[1] or min(sizes) < 1:
         raise UserError(
-            f"features.crop={list(crop)} does not fit the spectrogram "
+            f"{key}={list(crop)} does not fit the spectrogram "
             f"{input_shape[0]}x{input_shape[1]} (mels x frames) of "
             "data.dataset.clip_seconds at data.dataset.sample_rate: choose a crop no larger than that, "
-            "a fraction of each axis (e.g. features.crop=[100,0.89]), or features.crop=null"
+            f"a fraction of each axis (e.g. {key}=[100,0.89]), or {key}=null"
         )
     return sizes[0], sizes[1]
+
+
+_SAME_AS_CROP = "same as crop"
 
 
 class FeatureExtractor(nn.Module):
     """Log-mel → standardise → crop → SpecAugment (training only), batched, on any device.
 
     Output is ``(B, 1, F', T')`` ready for a 2-D CNN. Standardisation uses the statistics of the
-    whole spectrogram but is applied to the crop only (the same numbers, less work).
+    whole spectrogram but is applied to the crop only (the same numbers, less work). Training
+    cuts ``crop`` at random; evaluation cuts ``eval_crop`` (by default the same size) from the
+    centre. The models end in global pooling, so evaluation may see more than one training crop:
+    ``eval_crop=(56, None)`` scores the trained mel window over every frame of the clip.
     """
 
     def __init__(
@@ -156,6 +164,7 @@ class FeatureExtractor(nn.Module):
         crop: Sequence[CropSize] | None = (100, 384),
         normalize: bool = True,
         augment: SpecAugment | None = None,
+        eval_crop: Sequence[CropSize] | str | None = _SAME_AS_CROP,
     ):
         super().__init__()
         self.logmel = logmel
@@ -163,10 +172,21 @@ class FeatureExtractor(nn.Module):
         self.augment = augment
         self.input_shape = (logmel.n_mels, logmel.frames(clip_samples))
         self.crop = resolve_crop(crop, self.input_shape)
+        self.set_eval_crop(crop if eval_crop == _SAME_AS_CROP else eval_crop)
+
+    def set_eval_crop(self, eval_crop: Sequence[CropSize] | None) -> None:
+        """The centred ``[mels, frames]`` cut scored in evaluation (``resolve_crop``'s rules)."""
+        self.eval_crop = resolve_crop(eval_crop, self.input_shape, key="features.eval_crop")
 
     @property
     def output_shape(self) -> tuple[int, int]:
+        """Training input size (``(mels, frames)``)."""
         return self.crop if self.crop is not None else self.input_shape
+
+    @property
+    def eval_shape(self) -> tuple[int, int]:
+        """Evaluation input size (``(mels, frames)``)."""
+        return self.eval_crop if self.eval_crop is not None else self.input_shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # raw waveforms
@@ -174,7 +194,7 @@ class FeatureExtractor(nn.Module):
         x = x.float()
         if self.normalize:
             mean, std = self._stats(x)
-        if self.crop is not None:
+        if (self.crop if self.training else self.eval_crop) is not None:
             x = self._crop(x)
         # Normalisation and masks are per-sample scalings of rows and columns: fold them into
         # one subtraction and two broadcast multiplies over the (smaller) crop.
@@ -209,7 +229,7 @@ class FeatureExtractor(nn.Module):
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         batch, freq, time = x.shape
-        crop_f, crop_t = self.crop
+        crop_f, crop_t = self.crop if self.training else self.eval_crop
         if (crop_f, crop_t) == (freq, time):
             return x
         if not self.training:  # centre crop: one slice, batch-size agnostic (traces and exports)
