@@ -44,9 +44,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from esc50_lightning.build import build_logmel
+from esc50_lightning.build import build_features, build_logmel
 from esc50_lightning.errors import UserError, run_guarded
-from esc50_lightning.features.frontend import resolve_crop
 from esc50_lightning.train import use_native_precision
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -128,9 +127,8 @@ def run_bare_loop(cfg: DictConfig, epochs: int) -> list[float]:
     dm.setup("fit")
     x_train, y_train = dm.sets["train"].inputs, dm.sets["train"].labels
     x_val, y_val = dm.sets["val"].inputs, dm.sets["val"].labels
-    full = tuple(x_train.shape[1:])
-    size = resolve_crop(cfg.features.crop, full) or full
-    eval_size = resolve_crop(cfg.features.get("eval_crop", cfg.features.crop), full) or full
+    frontend = build_features(cfg)  # train.py's crop sizes; the loop below does its own cropping
+    size, eval_size = frontend.output_shape, frontend.eval_shape
 
     aug = cfg.augmentation.get("spec_augment")
     masks: list[torch.nn.Module] = []
