@@ -49,8 +49,24 @@ def ensure_dataset(spec: DatasetSpec, sha256: str | None = None) -> None:
 
 
 def download_and_extract(spec: DatasetSpec, sha256: str | None = None) -> None:
+    """Download, check and unpack into a hidden folder beside ``spec.root``, then rename it into
+    place: the dataset appears whole or not at all, and a failure leaves no folder behind."""
     root = spec.root_path
+    created = [p for p in (root.parent, *root.parent.parents) if not p.exists()]
     root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch(spec, sha256, root)
+    except BaseException:
+        for folder in created:  # deepest first; only the ones this call made, only if empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    log.info("Dataset ready at %s", root)
+
+
+def _fetch(spec: DatasetSpec, sha256: str | None, root: Path) -> None:
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.download.") as tmp:
         archive = Path(tmp) / "archive.zip"
         with urllib.request.urlopen(spec.download_url, timeout=60) as response, open(archive, "wb") as out:
@@ -64,8 +80,7 @@ def download_and_extract(spec: DatasetSpec, sha256: str | None = None) -> None:
             zf.extractall(extracted)
         top = _find_root(extracted, spec.csv)
         _verify(spec, top)
-        top.rename(root)  # same filesystem: the dataset appears whole or not at all
-    log.info("Dataset ready at %s", root)
+        top.rename(root)  # same filesystem: an atomic move
 
 
 def _find_root(extracted: Path, csv_rel: str) -> Path:
