@@ -14,7 +14,10 @@ from esc50_lightning.checkpoint_io import atomic_torch_save
 from esc50_lightning.classifier import AudioClassifier
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel
-from esc50_lightning.features.frontend import CropSize, clip_samples
+from esc50_lightning.features.frontend import SAME_AS_CROP, CropSize, clip_samples
+
+# ``eval_crop`` value (eval.py, build) meaning "keep the cut the checkpoint was configured with".
+KEEP_EVAL_CROP = "checkpoint"
 
 
 def build_logmel(cfg: DictConfig) -> LogMel:
@@ -25,14 +28,14 @@ def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtr
     logmel = logmel or build_logmel(cfg)
     augment = instantiate(cfg.augmentation.spec_augment) if cfg.augmentation.spec_augment else None
     crop = cfg.features.crop
-    eval_crop = cfg.features.get("eval_crop", crop)  # checkpoints from before eval_crop: the same
+    eval_crop = cfg.features.get("eval_crop", SAME_AS_CROP)  # older checkpoints have no eval_crop
     return FeatureExtractor(
         logmel,
         clip_samples(cfg.data.dataset.sample_rate, cfg.data.dataset.clip_seconds),
         crop=None if crop is None else tuple(crop),
         normalize=cfg.features.normalize,
         augment=augment,
-        eval_crop=None if eval_crop is None else tuple(eval_crop),
+        eval_crop=eval_crop if eval_crop is None or isinstance(eval_crop, str) else tuple(eval_crop),
     )
 
 
@@ -94,25 +97,30 @@ def load_classifier(path: str | Path) -> tuple[AudioClassifier, dict[str, Any]]:
 
 
 def slim_checkpoint(
-    src: str | Path, dst: str | Path, half: bool = True, eval_crop: list[CropSize] | str = "checkpoint"
+    src: str | Path,
+    dst: str | Path,
+    half: bool = True,
+    eval_crop: list[CropSize] | str | None = KEEP_EVAL_CROP,
 ) -> Path:
     """Weights and run record only (no optimiser or callback state): what one ships to users.
 
     ``half`` stores floating-point weights as float16 (half the size); ``load_classifier`` casts
-    them back to float32. ``eval_crop`` other than ``"checkpoint"`` sets the centred cut the
+    them back to float32. ``eval_crop`` other than ``KEEP_EVAL_CROP`` sets the centred cut the
     result scores (``features.eval_crop``); the weights do not depend on it, and the run record
     notes the change.
     """
     ckpt = read_checkpoint(src)
     info = copy.deepcopy(ckpt["esc50"])
-    if eval_crop != "checkpoint":
-        features = info["config"]["features"]
-        previous = features.get("eval_crop", features["crop"])
-        features["eval_crop"] = eval_crop
+    if eval_crop != KEEP_EVAL_CROP:
+        previous = build_features(OmegaConf.create(info["config"])).eval_shape
+        info["config"]["features"]["eval_crop"] = eval_crop
         build_features(OmegaConf.create(info["config"]))  # refuses a cut that does not fit
-        info["eval_crop_set_by_build"] = {"from": previous, "to": eval_crop}
+        info["eval_crop_set_by_build"] = {"from": list(previous), "to": eval_crop}
     slim = {"state_dict": ckpt["state_dict"], "esc50": info, "epoch": ckpt.get("epoch")}
     return _save_slim(slim, dst, half)
+
+
+_WHOLE = ("null", "none", "full")  # spellings of "no cut": the whole axis, or the whole spectrogram
 
 
 def parse_crop(text: str) -> list[CropSize] | None:
@@ -120,7 +128,7 @@ def parse_crop(text: str) -> list[CropSize] | None:
 
     def entry(value: str) -> CropSize:
         value = value.strip()
-        if value in ("null", "none", "full"):
+        if value in _WHOLE:
             return None
         try:
             return int(value)
@@ -133,7 +141,7 @@ def parse_crop(text: str) -> list[CropSize] | None:
                 f"--eval-crop {text}: {value!r} is not a number of bins, a fraction or null"
             ) from None
 
-    if text.strip() in ("null", "none", "full"):
+    if text.strip() in _WHOLE:
         return None
     parts = text.split(",")
     if len(parts) != 2:
@@ -235,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def build() -> Path:
         if len(args.src) == 1:
-            crop = "checkpoint" if args.eval_crop is None else parse_crop(args.eval_crop)
+            crop = KEEP_EVAL_CROP if args.eval_crop is None else parse_crop(args.eval_crop)
             return slim_checkpoint(args.src[0], args.dst, half=not args.fp32, eval_crop=crop)
         if args.eval_crop is not None:
             raise UserError("--eval-crop applies to one checkpoint; set it on the members first")

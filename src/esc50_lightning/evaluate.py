@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from esc50_lightning.build import load_classifier
+from esc50_lightning.build import KEEP_EVAL_CROP, load_classifier
 from esc50_lightning.errors import UserError
 from esc50_lightning.metrics import METRIC_NAMES
 from esc50_lightning.results import save_metrics, write_predictions
@@ -50,7 +50,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(str(cfg.ckpt_path)).expanduser().resolve()
     run_dir = Path(cfg.paths.output_dir)
     module, info = load_classifier(ckpt_path)
-    if cfg.get("eval_crop", "checkpoint") != "checkpoint":
+    if cfg.get("eval_crop", KEEP_EVAL_CROP) != KEEP_EVAL_CROP:
         crop = cfg.eval_crop
         module.features.set_eval_crop(None if crop is None else tuple(crop))
     trained = info["data"]

@@ -144,7 +144,8 @@ def resolve_crop(
     return sizes[0], sizes[1]
 
 
-_SAME_AS_CROP = "same as crop"
+# ``eval_crop`` value meaning "the training crop's size" (also what configs without the key get).
+SAME_AS_CROP = "crop"
 
 
 class FeatureExtractor(nn.Module):
@@ -164,7 +165,7 @@ class FeatureExtractor(nn.Module):
         crop: Sequence[CropSize] | None = (100, 384),
         normalize: bool = True,
         augment: SpecAugment | None = None,
-        eval_crop: Sequence[CropSize] | str | None = _SAME_AS_CROP,
+        eval_crop: Sequence[CropSize] | str | None = SAME_AS_CROP,
     ):
         super().__init__()
         self.logmel = logmel
@@ -172,7 +173,7 @@ class FeatureExtractor(nn.Module):
         self.augment = augment
         self.input_shape = (logmel.n_mels, logmel.frames(clip_samples))
         self.crop = resolve_crop(crop, self.input_shape)
-        self.set_eval_crop(crop if eval_crop == _SAME_AS_CROP else eval_crop)
+        self.set_eval_crop(crop if eval_crop == SAME_AS_CROP else eval_crop)
 
     def set_eval_crop(self, eval_crop: Sequence[CropSize] | None) -> None:
         """The centred ``[mels, frames]`` cut scored in evaluation (``resolve_crop``'s rules)."""
