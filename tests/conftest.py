@@ -88,6 +88,19 @@ def run_train(esc50_root: Path, cache_dir: Path, tmp_path: Path):
     return run
 
 
+@pytest.fixture(scope="session")
+def holdout_run(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-epoch cnn4 run under the holdout protocol (test fold 2, validation fold 1, train 3-5),
+    shared by the protocol and report tests."""
+    work = tmp_path_factory.mktemp("holdout")
+    env = {**script_env(esc50_root, work), "ESC50_CACHE": str(cache_dir)}
+    overrides = ["data.protocol=holdout", "data.fold=2", "trainer.max_epochs=2", "model=cnn4"]
+    proc = run_script(["train.py", *QUICK, *overrides], env, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run,) = run_dirs(work / "outputs")
+    return run
+
+
 def run_dirs(outputs: Path) -> list[Path]:
     """Run folders (those holding a .hydra record) under an outputs folder, oldest first."""
     return sorted(p.parent for p in outputs.rglob(".hydra"))

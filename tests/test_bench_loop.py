@@ -9,8 +9,10 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from conftest import QUICK, run_script, script_env
 
+from esc50_lightning import bench_loop
 from esc50_lightning.bench_loop import side_order
 
 
@@ -36,10 +38,11 @@ def test_bench_loop_times_both_sides_and_reports_their_ratio(
     assert re.search(r"Target: framework ≤ 1\.05× the bare loop: (met|NOT met)", proc.stdout)
 
 
-def test_bench_loop_needs_two_epochs(esc50_root: Path, tmp_path: Path) -> None:
-    proc = run_script(["-m", "esc50_lightning.bench_loop", "--epochs", "1"], script_env(esc50_root, tmp_path))
-    assert proc.returncode != 0
-    assert "--epochs 1: give at least 2" in proc.stderr and "Traceback" not in proc.stderr
+def test_bench_loop_needs_two_epochs(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench_loop.main(["--epochs", "1"])
+    assert exit_info.value.code == 2
+    assert "error: --epochs 1: give at least 2" in capsys.readouterr().err
 
 
 def test_rounds_alternate_sides_abba() -> None:

@@ -17,7 +17,7 @@ import torch
 import torchaudio.functional as AF
 from conftest import QUICK, REPO, run_dirs
 
-from esc50_lightning import predict
+from esc50_lightning import build, predict
 from esc50_lightning.build import load_classifier
 from esc50_lightning.data.audio import fit_length, read_mono
 
@@ -69,6 +69,7 @@ def test_eval_scores_the_checkpoint_like_its_final_epoch(trained: dict, tmp_path
     for name in ("loss", "acc", "f1", "precision", "recall"):
         assert metrics["test"][name] == pytest.approx(final[name], abs=1e-6)
     assert metrics["task"] == "eval" and metrics["fold"] == 1 and metrics["clips"] == 50
+    assert metrics["input"] == [100, 384]  # the training crop's size, centred
     assert metrics["on_seen_fold"] is False
     assert f"{final['acc']:.4f}" in proc.stdout  # the printed table
     predictions = pd.read_csv(run / "predictions_test.csv")
@@ -91,18 +92,16 @@ def test_eval_refuses_a_training_fold_unless_told(trained: dict, tmp_path: Path)
     assert metrics["fold"] == 3 and metrics["on_seen_fold"] is True
 
 
-def test_build_sets_the_cut_eval_scores_and_eval_can_override_it(trained: dict, tmp_path: Path) -> None:
+def test_build_sets_the_cut_eval_scores_and_eval_can_override_it(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """``build --eval-crop`` records a whole-clip cut; eval.py scores it, or any cut it is given."""
     whole = tmp_path / "whole.ckpt"
-    proc = _python(
-        ["-m", "esc50_lightning.build", str(trained["ckpt"]), str(whole), "--eval-crop", "100,null"],
-        trained["env"],
-    )
-    assert proc.returncode == 0, proc.stderr
+    build.main([str(trained["ckpt"]), str(whole), "--eval-crop", "100,null"])
     module, info = load_classifier(whole)
     assert module.features.output_shape == (100, 384)  # training cut unchanged
     assert module.features.eval_shape == (100, 431)  # every frame of the 5 s clip
-    assert info["eval_crop_set_by_build"] == {"from": [100, 0.89], "to": [100, None]}
+    assert info["eval_crop_set_by_build"] == {"from": [100, 384], "to": [100, None]}  # mels x frames
 
     def scored(*overrides: str) -> dict:
         out = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}"
@@ -114,25 +113,17 @@ def test_build_sets_the_cut_eval_scores_and_eval_can_override_it(trained: dict, 
 
     built = scored(f"ckpt_path={whole}")
     overridden = scored(f"ckpt_path={trained['ckpt']}", "eval_crop=[100,null]")
-    default = scored(f"ckpt_path={trained['ckpt']}")
-    assert built["input"] == overridden["input"] == [100, 431] and default["input"] == [100, 384]
+    assert built["input"] == overridden["input"] == [100, 431]
     # float16 weights in the built copy: the same clips and cut give nearly the same loss
     assert built["test"]["loss"] == pytest.approx(overridden["test"]["loss"], abs=2e-3)
-    assert overridden["test"]["loss"] != pytest.approx(default["test"]["loss"], abs=1e-6)
+    # the training-size cut (what eval scores by default, test above) gives another loss
+    assert overridden["test"]["loss"] != pytest.approx(trained["metrics"]["final"]["loss"], abs=1e-6)
 
-    bad = _python(
-        [
-            "-m",
-            "esc50_lightning.build",
-            str(trained["ckpt"]),
-            str(tmp_path / "bad.ckpt"),
-            "--eval-crop",
-            "200,null",
-        ],
-        trained["env"],
-    )
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "features.eval_crop=[200, None] does not fit the spectrogram 128x431" in bad.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        build.main([str(trained["ckpt"]), str(tmp_path / "bad.ckpt"), "--eval-crop", "200,null"])
+    assert exit_info.value.code == 2
+    assert "features.eval_crop=[200, None] does not fit the spectrogram 128x431" in capsys.readouterr().err
     assert not (tmp_path / "bad.ckpt").exists()
 
 

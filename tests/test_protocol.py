@@ -6,17 +6,13 @@ import json
 
 import lightning as L
 import torch
-from conftest import run_dirs
 
 from esc50_lightning.build import load_classifier
 from esc50_lightning.data import FoldedAudioDataModule
 
 
-def test_holdout_reports_test_fold_with_checkpoint_selected_on_validation(
-    run_train, tmp_path, esc50_root, cache_dir
-):
-    run_train("data.protocol=holdout", "data.fold=2", "trainer.max_epochs=2", "model=cnn4")
-    (run,) = run_dirs(tmp_path / "outputs")
+def test_holdout_reports_test_fold_with_checkpoint_selected_on_validation(holdout_run, esc50_root, cache_dir):
+    run = holdout_run  # python train.py data.protocol=holdout data.fold=2 trainer.max_epochs=2 model=cnn4
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["protocol"] == "holdout"
     assert metrics["splits"] == {"train": [3, 4, 5], "val": [1], "test": [2]}

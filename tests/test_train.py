@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_dirs
+from conftest import QUICK, REPO, run_dirs, run_script, script_env
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -20,12 +20,32 @@ def _scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("model", ["cnn4", "cnn8", "vgg8", "resnet18"])
-def test_train_one_epoch_leaves_checkpoints_events_and_metrics(run_train, tmp_path, model):
+MODELS = ["cnn4", "cnn8", "vgg8", "resnet18"]
+
+
+@pytest.fixture(scope="module")
+def multirun(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One ``-m`` sweep over every model, one epoch each (one process: the runs share its startup)."""
+    out = tmp_path_factory.mktemp("multirun") / "outputs"
+    env = {**script_env(esc50_root, out.parent), "ESC50_CACHE": str(cache_dir), "ESC50_OUTPUTS": str(out)}
     # Two training batches keep the wide models quick; validation still covers all 50 fold-1 clips.
-    proc = run_train(f"model={model}", "+trainer.limit_train_batches=2")
-    (run,) = run_dirs(tmp_path / "outputs")
-    assert f"_{model}_fold1" in run.name
+    args = ["train.py", "-m", *QUICK, "+trainer.limit_train_batches=2", f"model={','.join(MODELS)}"]
+    proc = run_script(args, env, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {"proc": proc, "runs": run_dirs(out)}
+
+
+def test_multirun_sweeps_every_model_into_numbered_run_folders(multirun: dict) -> None:
+    runs = multirun["runs"]
+    assert all("multiruns" in r.parts for r in runs)
+    assert sorted(r.name for r in runs if (r / "metrics.json").is_file()) == [
+        f"{i}_esc50_{m}_fold1" for i, m in enumerate(MODELS)
+    ]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_train_one_epoch_leaves_checkpoints_events_and_metrics(multirun: dict, model: str) -> None:
+    (run,) = [r for r in multirun["runs"] if r.name.endswith(f"_{model}_fold1")]
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in ckpts and any(c.startswith("epoch000-val_loss") for c in ckpts)
     assert (run / ".hydra" / "config.yaml").is_file()
@@ -43,26 +63,10 @@ def test_train_one_epoch_leaves_checkpoints_events_and_metrics(run_train, tmp_pa
     events.Reload()  # one confusion figure, of the epoch with the lowest validation loss
     figures = events.Images("val/confusion_matrix_best")
     assert [f.step for f in figures] == [metrics["best"]["epoch"]] and figures[0].width > 100
-    assert "lowest val loss" in proc.stdout and "final epoch" in proc.stdout
+    assert "lowest val loss" in multirun["proc"].stdout and "final epoch" in multirun["proc"].stdout
     # One line per epoch in train.log, with the same validation accuracy as TensorBoard.
     (line,) = [ln for ln in (run / "train.log").read_text().splitlines() if "epoch 1/1 |" in ln]
     assert "train loss" in line and f"val loss {metrics['final']['loss']:.4f}" in line
-
-
-def test_logger_none_trains_without_tensorboard(run_train, tmp_path):
-    # The default callbacks include a learning-rate monitor, which Lightning refuses without a logger.
-    run_train("model=cnn4", "logger=none")
-    (run,) = run_dirs(tmp_path / "outputs")
-    assert (run / "metrics.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
-    assert not (run / "tensorboard").exists()
-
-
-def test_multirun_two_models(run_train, tmp_path):
-    run_train("-m", "model=cnn4,cnn8")
-    runs = run_dirs(tmp_path / "outputs")
-    names = sorted(r.name for r in runs if (r / "metrics.json").is_file())
-    assert names == ["0_esc50_cnn4_fold1", "1_esc50_cnn8_fold1"]
-    assert all("multiruns" in r.parts for r in runs)
 
 
 def _options(group: str) -> list[str]:
@@ -107,8 +111,13 @@ def test_every_config_option_composes_and_instantiates(override, monkeypatch, tm
 
 def test_last_checkpoint_written_every_epoch_even_without_a_new_best(run_train, tmp_path):
     # The best-checkpoint callback saves nothing in these two epochs; last.ckpt must still follow.
-    run_train("trainer.max_epochs=2", "callbacks.model_checkpoint.every_n_epochs=5", "model=cnn4")
+    # logger=none: the default callbacks include a learning-rate monitor, which Lightning refuses
+    # without a logger; the run must train anyway and write no TensorBoard folder.
+    run_train(
+        "trainer.max_epochs=2", "callbacks.model_checkpoint.every_n_epochs=5", "model=cnn4", "logger=none"
+    )
     (run,) = run_dirs(tmp_path / "outputs")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 1 and len(ckpt["esc50"]["history"]) == 2
+    assert (run / "metrics.json").is_file() and not (run / "tensorboard").exists()
