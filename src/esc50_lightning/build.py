@@ -112,9 +112,10 @@ def slim_checkpoint(
     ckpt = read_checkpoint(src)
     info = copy.deepcopy(ckpt["esc50"])
     if eval_crop != KEEP_EVAL_CROP:
-        previous = build_features(OmegaConf.create(info["config"])).eval_shape
+        features = build_features(OmegaConf.create(info["config"]))
+        previous = features.eval_shape
+        features.set_eval_crop(eval_crop)  # refuses a cut that does not fit
         info["config"]["features"]["eval_crop"] = eval_crop
-        build_features(OmegaConf.create(info["config"]))  # refuses a cut that does not fit
         info["eval_crop_set_by_build"] = {"from": list(previous), "to": eval_crop}
     slim = {"state_dict": ckpt["state_dict"], "esc50": info, "epoch": ckpt.get("epoch")}
     return _save_slim(slim, dst, half)
