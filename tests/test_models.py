@@ -66,3 +66,21 @@ def test_avgmax_pooling_counts_a_short_event_fully():
     assert logits["avgmax"] == pytest.approx(4 * (1.0 + 0.01))
     with pytest.raises(ValueError, match="pooling='max'"):
         ClassifierHead(4, 1, pooling="max")
+
+
+def test_input_bn_normalises_every_mel_row_on_its_own():
+    from esc50_lightning.models.blocks import InputNorm
+
+    norm = InputNorm(6).train()
+    # Rows at very different levels and spreads, as low and high mel bands are.
+    x = torch.randn(8, 1, 6, 50) * torch.arange(1.0, 7.0)[:, None] + torch.arange(6.0)[:, None] * 10
+    y = norm(x)
+    torch.testing.assert_close(y.mean(dim=(0, 1, 3)), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(dim=(0, 1, 3), unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
+    assert torch.equal(InputNorm(0)(x), x) and torch.equal(InputNorm(False)(x), x)
+    net = VGG8(num_classes=5, channels=[4, 8, 8, 8], input_bn=6).eval()
+    assert net(x).shape == (8, 5)
+    with pytest.raises(ValueError, match="input_bn normalises 6 mel rows, but the input has 7"):
+        net(torch.randn(2, 1, 7, 50))
+    with pytest.raises(ValueError, match=r"number of mel rows .* not true"):
+        InputNorm(True)

@@ -66,11 +66,27 @@ class VGGBlock(nn.Sequential):
 
 
 class InputNorm(nn.Module):
-    """Optional batch norm over the mel axis of the input (learned per-frequency scaling)."""
+    """Optional batch norm of every mel row of the input on its own (PANNs' ``bn0``).
 
-    def __init__(self, enabled: bool):
+    ``rows`` is the input's height (the mel rows the network sees: the crop's height); ``0`` or
+    ``False`` turns it off. Fixing the height is the price of per-frequency statistics, so a
+    mismatch is an error naming both heights rather than a silent broadcast.
+    """
+
+    def __init__(self, rows: int | bool = 0):
         super().__init__()
-        self.bn = nn.BatchNorm2d(1) if enabled else None
+        if rows is True:
+            raise ValueError("input_bn takes the number of mel rows the network sees (e.g. 56), not true")
+        self.rows = int(rows)
+        self.bn = nn.BatchNorm2d(self.rows) if self.rows else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.bn is None else self.bn(x)
+        if self.bn is None:
+            return x
+        if x.shape[-2] != self.rows:
+            raise ValueError(
+                f"input_bn normalises {self.rows} mel rows, but the input has {x.shape[-2]}: "
+                f"set model.net.input_bn to the crop's height"
+            )
+        # Mel rows become channels so each gets its own statistics: (B, 1, H, W) -> (B, H, 1, W).
+        return self.bn(x.transpose(1, 2)).transpose(1, 2)

@@ -20,7 +20,7 @@ class CNN4(nn.Module):
         num_classes: int = 50,
         channels: Sequence[int] = (32, 64, 128, 256),
         dropout: float = 0.3,
-        input_bn: bool = False,
+        input_bn: int | bool = 0,
     ):
         super().__init__()
         self.input_norm = InputNorm(input_bn)
@@ -45,7 +45,7 @@ class StackedBlocks(nn.Module):
         num_classes: int,
         channels: Sequence[int],
         dropout: float,
-        input_bn: bool,
+        input_bn: int | bool,
         pooling: str = "avg",
     ):
         super().__init__()
@@ -66,7 +66,7 @@ class CNN8(StackedBlocks):
         num_classes: int = 50,
         channels: Sequence[int] = (32, 64, 128, 256),
         dropout: float = 0.3,
-        input_bn: bool = False,
+        input_bn: int | bool = 0,
     ):
         super().__init__(partial(ResidualBlock, stride=2), num_classes, channels, dropout, input_bn)
 
@@ -83,7 +83,7 @@ class VGG8(StackedBlocks):
         num_classes: int = 50,
         channels: Sequence[int] = (32, 64, 128, 256),
         dropout: float = 0.3,
-        input_bn: bool = False,
+        input_bn: int | bool = 0,
         pooling: str = "avgmax",
     ):
         super().__init__(VGGBlock, num_classes, channels, dropout, input_bn, pooling)
