@@ -44,13 +44,16 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def script_env(root: Path, work: Path) -> dict[str, str]:
-    """Environment for a command run on the dataset at ``root``, cache and outputs under ``work``."""
+def script_env(
+    root: Path, work: Path, *, cache: Path | None = None, outputs: Path | None = None
+) -> dict[str, str]:
+    """Environment for a command run on the dataset at ``root``; cache and outputs default to
+    folders under ``work`` (pass the session's ``cache_dir`` to reuse its decoded clips)."""
     return {
         **os.environ,
         "ESC50_ROOT": str(root),
-        "ESC50_CACHE": str(work / "cache"),
-        "ESC50_OUTPUTS": str(work / "outputs"),
+        "ESC50_CACHE": str(cache or work / "cache"),
+        "ESC50_OUTPUTS": str(outputs or work / "outputs"),
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -67,14 +70,7 @@ def run_train(esc50_root: Path, cache_dir: Path, tmp_path: Path):
     """Run ``python <script> overrides...`` in the repository with outputs under tmp_path."""
 
     def run(*overrides: str, script: str = "train.py", quick: bool = True, check: bool = True, env=None):
-        full_env = {
-            **os.environ,
-            "ESC50_ROOT": str(esc50_root),
-            "ESC50_CACHE": str(cache_dir),
-            "ESC50_OUTPUTS": str(tmp_path / "outputs"),
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
+        full_env = {**script_env(esc50_root, tmp_path, cache=cache_dir), **(env or {})}
         flags = [o for o in overrides if o.startswith("-")]  # Hydra wants -m before the overrides
         rest = [o for o in overrides if not o.startswith("-")]
         args = [sys.executable, script, *flags, *(QUICK if quick else []), *rest]
@@ -93,7 +89,7 @@ def holdout_run(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.Temp
     """A two-epoch cnn4 run under the holdout protocol (test fold 2, validation fold 1, train 3-5),
     shared by the protocol and report tests."""
     work = tmp_path_factory.mktemp("holdout")
-    env = {**script_env(esc50_root, work), "ESC50_CACHE": str(cache_dir)}
+    env = script_env(esc50_root, work, cache=cache_dir)
     overrides = ["data.protocol=holdout", "data.fold=2", "trainer.max_epochs=2", "model=cnn4"]
     proc = run_script(["train.py", *QUICK, *overrides], env, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr

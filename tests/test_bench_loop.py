@@ -19,7 +19,7 @@ from esc50_lightning.bench_loop import side_order
 def test_bench_loop_times_both_sides_and_reports_their_ratio(
     esc50_root: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    env = {**script_env(esc50_root, tmp_path), "ESC50_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    env = {**script_env(esc50_root, tmp_path, cache=cache_dir), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "loop.json"
     overrides = [o for o in QUICK if not o.startswith("trainer.max_epochs")]
     overrides += ["model=cnn4", "augmentation=mixup", "optim=adamw_onecycle", "features.crop=[64,128]"]

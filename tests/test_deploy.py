@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from conftest import QUICK, REPO, run_dirs
+from conftest import QUICK, REPO, run_dirs, script_env
 
 from esc50_lightning import build, predict
 from esc50_lightning.build import load_classifier
@@ -29,13 +29,7 @@ CLIP = 5 * SR
 def trained(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny cnn4 trained on folds 2-5 (one clip per class and fold), evaluated on fold 1."""
     out = tmp_path_factory.mktemp("deploy") / "outputs"
-    env = {
-        **os.environ,
-        "ESC50_ROOT": str(esc50_root),
-        "ESC50_CACHE": str(cache_dir),
-        "ESC50_OUTPUTS": str(out),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = script_env(esc50_root, out.parent, cache=cache_dir, outputs=out)
     args = [sys.executable, "train.py", *QUICK, "+trainer.limit_train_batches=2", "model=cnn4", "data.fold=1"]
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

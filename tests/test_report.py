@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pandas as pd
 import pytest
-from conftest import QUICK, REPO, run_dirs
+from conftest import QUICK, REPO, run_dirs, script_env
 from hydra import compose, initialize_config_dir
 
 # One epoch of two batches: the report only needs finished runs, not good ones.
@@ -34,13 +33,7 @@ def outputs(
 ) -> dict:
     """outputs/train with a cv sweep over folds 1-2 (joblib launcher), a holdout run, two unfinished runs."""
     out = tmp_path_factory.mktemp("report") / "outputs"
-    env = {
-        **os.environ,
-        "ESC50_ROOT": str(esc50_root),
-        "ESC50_CACHE": str(cache_dir),
-        "ESC50_OUTPUTS": str(out),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = script_env(esc50_root, out.parent, cache=cache_dir, outputs=out)
     _run(["train.py", "-m", "hydra/launcher=local_parallel", "data.fold=1,2", *FAST], env)
     shutil.copytree(holdout_run, out / "train" / "runs" / holdout_run.name)
     runs = run_dirs(out / "train")

@@ -27,7 +27,7 @@ MODELS = ["cnn4", "cnn8", "vgg8", "resnet18"]
 def multirun(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One ``-m`` sweep over every model, one epoch each (one process: the runs share its startup)."""
     out = tmp_path_factory.mktemp("multirun") / "outputs"
-    env = {**script_env(esc50_root, out.parent), "ESC50_CACHE": str(cache_dir), "ESC50_OUTPUTS": str(out)}
+    env = script_env(esc50_root, out.parent, cache=cache_dir, outputs=out)
     # Two training batches keep the wide models quick; validation still covers all 50 fold-1 clips.
     args = ["train.py", "-m", *QUICK, "+trainer.limit_train_batches=2", f"model={','.join(MODELS)}"]
     proc = run_script(args, env, timeout=900)
