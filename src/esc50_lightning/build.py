@@ -24,18 +24,22 @@ def build_logmel(cfg: DictConfig) -> LogMel:
     return instantiate(cfg.features.logmel)
 
 
+def _cut(value: Any) -> Any:
+    """A crop from the config: its list becomes a tuple; ``None`` and names pass through."""
+    return value if value is None or isinstance(value, str) else tuple(value)
+
+
 def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtractor:
     logmel = logmel or build_logmel(cfg)
     augment = instantiate(cfg.augmentation.spec_augment) if cfg.augmentation.spec_augment else None
-    crop = cfg.features.crop
-    eval_crop = cfg.features.get("eval_crop", SAME_AS_CROP)  # older checkpoints have no eval_crop
     return FeatureExtractor(
         logmel,
         clip_samples(cfg.data.dataset.sample_rate, cfg.data.dataset.clip_seconds),
-        crop=None if crop is None else tuple(crop),
+        crop=_cut(cfg.features.crop),
         normalize=cfg.features.normalize,
         augment=augment,
-        eval_crop=eval_crop if eval_crop is None or isinstance(eval_crop, str) else tuple(eval_crop),
+        # Older checkpoints have no eval_crop: they score the training crop's size.
+        eval_crop=_cut(cfg.features.get("eval_crop", SAME_AS_CROP)),
     )
 
 
