@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "esc50"
 
 # pytest-xdist runs one worker per core: give each worker's torch, and the commands it starts, an
 # equal share of the cores instead of letting every one of them spin a thread per core.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
-SHARED = REPO.parent / "shared" / "esc50"
 
 # Quick-run overrides: 1 clip per class and fold (250 clips), one epoch, CPU, no Rich widgets.
 QUICK = [

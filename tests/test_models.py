@@ -80,7 +80,7 @@ def test_input_bn_normalises_every_mel_row_on_its_own():
     assert torch.equal(InputNorm(0)(x), x) and torch.equal(InputNorm(False)(x), x)
     net = VGG8(num_classes=5, channels=[4, 8, 8, 8], input_bn=6).eval()
     assert net(x).shape == (8, 5)
-    with pytest.raises(ValueError, match="input_bn normalises 6 mel rows, but the input has 7"):
+    with pytest.raises(UserError, match="input_bn normalises 6 mel rows, but the input has 7"):
         net(torch.randn(2, 1, 7, 50))
-    with pytest.raises(ValueError, match=r"number of mel rows .* not true"):
+    with pytest.raises(UserError, match=r"number of mel rows .* not true"):
         InputNorm(True)

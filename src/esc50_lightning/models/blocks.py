@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from esc50_lightning.errors import UserError
+
 
 class ConvBNReLU(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
@@ -76,7 +78,7 @@ class InputNorm(nn.Module):
     def __init__(self, rows: int | bool = 0):
         super().__init__()
         if rows is True:
-            raise ValueError("input_bn takes the number of mel rows the network sees (e.g. 56), not true")
+            raise UserError("input_bn takes the number of mel rows the network sees (e.g. 56), not true")
         self.rows = int(rows)
         self.bn = nn.BatchNorm2d(self.rows) if self.rows else None
 
@@ -84,7 +86,7 @@ class InputNorm(nn.Module):
         if self.bn is None:
             return x
         if x.shape[-2] != self.rows:
-            raise ValueError(
+            raise UserError(
                 f"input_bn normalises {self.rows} mel rows, but the input has {x.shape[-2]}: "
                 f"set model.net.input_bn to the crop's height"
             )
