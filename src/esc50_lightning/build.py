@@ -24,7 +24,7 @@ def build_logmel(cfg: DictConfig) -> LogMel:
     return instantiate(cfg.features.logmel)
 
 
-def _cut(value: Any) -> Any:
+def crop_from_config(value: Any) -> Any:
     """A crop from the config: its list becomes a tuple; ``None`` and names pass through."""
     return value if value is None or isinstance(value, str) else tuple(value)
 
@@ -35,11 +35,11 @@ def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtr
     return FeatureExtractor(
         logmel,
         clip_samples(cfg.data.dataset.sample_rate, cfg.data.dataset.clip_seconds),
-        crop=_cut(cfg.features.crop),
+        crop=crop_from_config(cfg.features.crop),
         normalize=cfg.features.normalize,
         augment=augment,
         # Older checkpoints have no eval_crop: they score the training crop's size.
-        eval_crop=_cut(cfg.features.get("eval_crop", SAME_AS_CROP)),
+        eval_crop=crop_from_config(cfg.features.get("eval_crop", SAME_AS_CROP)),
     )
 
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from esc50_lightning.build import KEEP_EVAL_CROP, load_classifier
+from esc50_lightning.build import KEEP_EVAL_CROP, crop_from_config, load_classifier
 from esc50_lightning.errors import UserError
 from esc50_lightning.metrics import METRIC_NAMES
 from esc50_lightning.results import save_metrics, write_predictions
@@ -51,8 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     module, info = load_classifier(ckpt_path)
     if cfg.get("eval_crop", KEEP_EVAL_CROP) != KEEP_EVAL_CROP:
-        crop = cfg.eval_crop
-        module.features.set_eval_crop(None if crop is None else tuple(crop))
+        module.features.set_eval_crop(crop_from_config(cfg.eval_crop))
     trained = info["data"]
     fold = int(trained["splits"]["test"][0] if cfg.data.fold is None else cfg.data.fold)
     seen = seen_folds(trained)
