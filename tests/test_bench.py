@@ -70,3 +70,23 @@ def test_bench_quick_path_prints_every_table(esc50_root: Path, tmp_path: Path) -
     assert set(raw["train"]["cnn4"]) == {"fp32", FAST}
     # The bench removes the temporary cache it measured cold and warm starts in.
     assert not any(Path(raw["startup"]["cache_dir"]).glob("*"))
+
+
+def test_bench_device_without_cuda_is_one_error_line(esc50_root: Path, tmp_path: Path) -> None:
+    # CUDA hidden, so the answer is the same on a GPU machine; a device torch does not know is
+    # refused the same way, before any data is read.
+    env = {**os.environ, "ESC50_CACHE": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": ""}
+    for device, expected in (("cuda", "no CUDA device is available"), ("gpu0", "use auto, cpu or cuda")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "esc50_lightning.bench", "--device", device, "--root", str(esc50_root)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --device {device}: "), proc.stderr
+        assert expected in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache").exists()

@@ -403,7 +403,11 @@ def render(results: dict[str, Any]) -> str:
             f"{s['warm']['cache_disk_gb']:.2f} GB on disk (waveforms + log-mels). Seconds exclude "
             "interpreter start and imports; the wall column includes them."
         )
-    lines += ["", "### Targets", "", "| target | measured | met |", "|---|---:|:---:|"]
+    # The targets were set for the 2-core development CPU (README, Performance); on a GPU the
+    # same rows are printed for comparison, not as pass/fail of those targets.
+    on_cpu = results["machine"].get("device", "cpu") == "cpu"
+    heading = "### Targets" if on_cpu else "### Targets (set for a CPU; shown for comparison)"
+    lines += ["", heading, "", "| target | measured | met |", "|---|---:|:---:|"]
     for name, measured, met in results["targets"]:
         lines.append(f"| {name} | {measured} | {'yes' if met else 'NO'} |")
     lines.append(f"\nBench process peak RSS: {results['peak_rss_gb']:.2f} GB.")
@@ -444,7 +448,13 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
 def bench_device(args: argparse.Namespace) -> torch.device:
     if args.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise UserError(f"--device {args.device}: {err} (use auto, cpu or cuda)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device is available here (use --device cpu)")
+    return device
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
