@@ -157,6 +157,16 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
         (["features.crop=[200,384]"], "error: features.crop=[200, 384] does not fit the spectrogram 128x431"),
         (["trainer.max_epochs=-1"], "error: trainer.max_epochs=-1 must be 0 or more"),
         (["model=transformer"], "Could not find 'model/transformer'"),
+        (
+            ["experiment=cpu_fp32", "model.net.input_bn=64"],
+            "error: model.net.input_bn=64, but features.crop gives the network 56 mel rows: "
+            "set model.net.input_bn=56",
+        ),
+        (
+            ["experiment=cpu_fp32_bn", "features.eval_crop=[64,null]"],
+            "error: model.net.input_bn=56 matches the training crop, but features.eval_crop gives "
+            "the network 64 mel rows",
+        ),
     ],
 )
 def test_config_mistakes(esc50_root: Path, tmp_path: Path, overrides: list[str], message: str) -> None:

@@ -15,6 +15,7 @@ from esc50_lightning.classifier import AudioClassifier
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel
 from esc50_lightning.features.frontend import SAME_AS_CROP, CropSize, clip_samples
+from esc50_lightning.models.blocks import InputNorm
 
 # ``eval_crop`` value (eval.py, build) meaning "keep the cut the checkpoint was configured with".
 KEEP_EVAL_CROP = "checkpoint"
@@ -43,12 +44,31 @@ def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtr
     )
 
 
+def check_input_rows(net: torch.nn.Module, features: FeatureExtractor) -> None:
+    """Refuse a per-row input batch norm (``model.net.input_bn``) that does not match the mel
+    rows the features give the network, before anything is trained or logged."""
+    for norm in (m for m in net.modules() if isinstance(m, InputNorm) and m.rows):
+        train_rows, eval_rows = features.output_shape[0], features.eval_shape[0]
+        if train_rows != norm.rows:
+            raise UserError(
+                f"model.net.input_bn={norm.rows}, but features.crop gives the network {train_rows} "
+                f"mel rows: set model.net.input_bn={train_rows} (or 0 to turn it off)"
+            )
+        if eval_rows != norm.rows:
+            raise UserError(
+                f"model.net.input_bn={norm.rows} matches the training crop, but features.eval_crop "
+                f"gives the network {eval_rows} mel rows: evaluate on {norm.rows} mel rows as well"
+            )
+
+
 def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None = None) -> AudioClassifier:
     net = instantiate(cfg.model.net, num_classes=len(class_names))
+    features = build_features(cfg, logmel)
+    check_input_rows(net, features)
     optim = cfg.optim
     return AudioClassifier(
         net=net,
-        features=build_features(cfg, logmel),
+        features=features,
         optimizer=instantiate(optim.optimizer),
         scheduler=instantiate(optim.scheduler) if optim.get("scheduler") else None,
         scheduler_interval=optim.get("scheduler_interval", "epoch"),
