@@ -42,7 +42,7 @@ import torchaudio
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from esc50_lightning.build import build_features, build_logmel
 from esc50_lightning.errors import UserError, run_guarded
@@ -159,8 +159,7 @@ def run_bare_loop(cfg: DictConfig, epochs: int) -> list[float]:
     ema_cfg = (cfg.get("callbacks") or {}).get("ema")
     ema = None
     if ema_cfg:
-        decay = ema_cfg.multi_avg_fn.decay
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        ema = AveragedModel(model, multi_avg_fn=instantiate(ema_cfg.multi_avg_fn), use_buffers=True)
 
     def inputs(x: torch.Tensor, train: bool) -> torch.Tensor:
         x = standardise(x.to(device).float())

@@ -1,9 +1,13 @@
-"""Learning-rate schedules that need the run's total number of optimiser steps."""
+"""Schedules: learning rates that need the run's total number of optimiser steps, and the
+weighting of the moving average of the weights (EMA)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import torch
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -19,3 +23,33 @@ def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_fraction: float
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def ema_multi_avg_fn(decay: float = 0.998) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """Exponential moving average of the weights, bias-corrected, for ``AveragedModel``
+    (Lightning's ``WeightAveraging`` callback builds one from ``multi_avg_fn``).
+
+    torch's ``get_ema_multi_avg_fn`` starts the average at the random initial weights and keeps
+    a share ``decay**n`` of them after ``n`` updates: 22 % after 750 steps at 0.998, enough to
+    keep a validated average (BatchNorm statistics included) at chance for the first 15 epochs
+    of a 50-step epoch. Here the update ``n`` moves the average towards the weights by
+    ``(1 - decay) / (1 - decay**(n + 1))`` (Adam's bias correction), so the average is always
+    the exponentially weighted mean of the weights seen so far, the initial ones weighing no
+    more than their turn. After ``n`` updates the two averages differ by a share of about
+    ``decay**n`` (2e-6 after 6500 steps at 0.998): the end of a long run is the same.
+    """
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        # AveragedModel copies the first weights itself and calls this from then on, with the
+        # tensors grouped by device and dtype; num_averaged counts the updates before this one
+        # (reading it is one host sync per step on a GPU).
+        n = int(num_averaged)
+        if averaged[0].is_floating_point() or averaged[0].is_complex():
+            torch._foreach_lerp_(averaged, current, (1.0 - decay) / (1.0 - decay ** (n + 1)))
+        else:  # integer buffers (BatchNorm's num_batches_tracked): a count, not a weight
+            torch._foreach_copy_(averaged, current)
+
+    return update

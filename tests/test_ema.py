@@ -1,0 +1,77 @@
+"""The bias-corrected EMA of the weights (``callbacks=ema``), against a hand computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import REPO
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from esc50_lightning.schedules import ema_multi_avg_fn
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(2))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+
+def test_average_is_the_bias_corrected_exponential_mean_of_the_weights_seen() -> None:
+    decay = 0.9
+    model = Tiny()
+    average = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+    values = [3.0, -1.0, 4.0, 1.0, 5.0]
+    for t, value in enumerate(values):
+        model.w.data.fill_(value)
+        model.count.fill_(10 * (t + 1))
+        average.update_parameters(model)
+        weights = [decay ** (t - i) for i in range(t + 1)]
+        expected = sum(w * v for w, v in zip(weights, values, strict=False)) / sum(weights)
+        assert average.module.w.tolist() == pytest.approx([expected] * 2)
+        assert average.module.count.item() == 10 * (t + 1)  # a count is copied, not averaged
+    # By hand after two updates: (0.9 * 3 + 1 * -1) / (0.9 + 1).
+    first_two = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+    for value in (3.0, -1.0):
+        model.w.data.fill_(value)
+        first_two.update_parameters(model)
+    assert first_two.module.w[0].item() == pytest.approx(1.7 / 1.9)
+
+
+def test_early_on_the_first_weights_fade_and_late_it_is_torchs_ema() -> None:
+    decay = 0.99
+    model = Tiny()
+    ours = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+    plain = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    generator = torch.Generator().manual_seed(0)
+    model.w.data.fill_(100.0)  # a far-off first point, as random initial weights are
+    for step in range(3000):
+        ours.update_parameters(model)
+        plain.update_parameters(model)
+        if step == 50:
+            # torch's EMA still holds 0.99**50 = 60 % of the first point; ours holds 1/(sum of weights).
+            assert plain.module.w[0].item() > 55 and ours.module.w[0].item() < 5
+        model.w.data = torch.randn(2, generator=generator)
+    torch.testing.assert_close(ours.module.w, plain.module.w, atol=1e-9, rtol=0)
+
+
+def test_the_ema_callback_config_uses_it() -> None:
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["callbacks=ema"])
+    update = instantiate(cfg.callbacks.ema.multi_avg_fn)
+    model = Tiny()
+    average = AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+    for value in (0.0, 1.0):
+        model.w.data.fill_(value)
+        average.update_parameters(model)
+    decay = cfg.callbacks.ema.multi_avg_fn.decay
+    assert average.module.w[0].item() == pytest.approx(1 / (1 + decay))
+
+
+def test_decay_out_of_range_is_refused() -> None:
+    for decay in (1.0, -0.1):
+        with pytest.raises(ValueError, match="decay must be in"):
+            ema_multi_avg_fn(decay)
