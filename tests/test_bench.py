@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import run_script
 
 from esc50_lightning.hardware import cpu_has_native_bf16
 
@@ -25,14 +23,7 @@ def test_bench_quick_path_prints_every_table(esc50_root: Path, tmp_path: Path) -
     args = ["--limit-per-class", "1", "--repeats", "1", "--steps", "1", "--models", "cnn4"]
     args += ["--variants", f"fp32,{FAST}", "--threads", "1", "--json", str(out), "--root", str(esc50_root)]
     env = {**os.environ, "ESC50_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "esc50_lightning.bench", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_script(["-m", "esc50_lightning.bench", *args], env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     for heading in ("### 1. Input pipeline", "### 2. Train step", "### 3. Startup", "### Targets"):
@@ -77,14 +68,7 @@ def test_bench_device_without_cuda_is_one_error_line(esc50_root: Path, tmp_path:
     # refused the same way, before any data is read.
     env = {**os.environ, "ESC50_CACHE": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": ""}
     for device, expected in (("cuda", "no CUDA device is available"), ("gpu0", "use auto, cpu or cuda")):
-        proc = subprocess.run(
-            [sys.executable, "-m", "esc50_lightning.bench", "--device", device, "--root", str(esc50_root)],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = run_script(["-m", "esc50_lightning.bench", "--device", device, "--root", str(esc50_root)], env)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: --device {device}: "), proc.stderr

@@ -47,8 +47,8 @@ def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtr
 def check_input_rows(net: torch.nn.Module, features: FeatureExtractor) -> None:
     """Refuse a per-row input batch norm (``model.net.input_bn``) that does not match the mel
     rows the features give the network, before anything is trained or logged."""
+    train_rows, eval_rows = features.output_shape[0], features.eval_shape[0]
     for norm in (m for m in net.modules() if isinstance(m, InputNorm) and m.rows):
-        train_rows, eval_rows = features.output_shape[0], features.eval_shape[0]
         if train_rows != norm.rows:
             raise UserError(
                 f"model.net.input_bn={norm.rows}, but features.crop gives the network {train_rows} "
