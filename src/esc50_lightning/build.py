@@ -32,7 +32,11 @@ def crop_from_config(value: Any) -> Any:
 
 def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtractor:
     logmel = logmel or build_logmel(cfg)
-    augment = instantiate(cfg.augmentation.spec_augment) if cfg.augmentation.spec_augment else None
+    aug = cfg.augmentation
+    augment = instantiate(aug.spec_augment) if aug.spec_augment else None
+    # Checkpoints from before these keys existed trained without them.
+    mixstyle = instantiate(aug.freq_mixstyle) if aug.get("freq_mixstyle") else None
+    stretch = aug.get("time_stretch")
     return FeatureExtractor(
         logmel,
         clip_samples(cfg.data.dataset.sample_rate, cfg.data.dataset.clip_seconds),
@@ -41,6 +45,9 @@ def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtr
         augment=augment,
         # Older checkpoints have no eval_crop: they score the training crop's size.
         eval_crop=crop_from_config(cfg.features.get("eval_crop", SAME_AS_CROP)),
+        time_roll=aug.get("time_roll", 0.0),
+        time_stretch=tuple(stretch) if stretch is not None else None,
+        mixstyle=mixstyle,
     )
 
 

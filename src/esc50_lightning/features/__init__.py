@@ -1,5 +1,5 @@
 """Where audio becomes features: log-mel frontend, crop, normalisation and SpecAugment."""
 
-from esc50_lightning.features.frontend import FeatureExtractor, LogMel, SpecAugment
+from esc50_lightning.features.frontend import FeatureExtractor, FreqMixStyle, LogMel, SpecAugment
 
-__all__ = ["FeatureExtractor", "LogMel", "SpecAugment"]
+__all__ = ["FeatureExtractor", "FreqMixStyle", "LogMel", "SpecAugment"]

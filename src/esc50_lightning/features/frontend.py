@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
@@ -108,6 +109,35 @@ class SpecAugment(nn.Module):
         return spec * keep_f * keep_t
 
 
+class FreqMixStyle(nn.Module):
+    """Freq-MixStyle (Schmid et al., DCASE 2022): mix per-frequency statistics between clips.
+
+    With probability ``p`` per batch, every spectrogram is standardised along time per mel row
+    and rescaled with a Beta(alpha, alpha) blend of its own row statistics and those of another
+    clip in the batch: the content stays, the spectral colouring (microphone, distance, room)
+    is swapped. Labels are untouched.
+    """
+
+    def __init__(self, p: float = 0.4, alpha: float = 0.4, eps: float = 1e-6):
+        super().__init__()
+        if not 0 <= p <= 1 or alpha <= 0:
+            raise UserError(f"freq_mixstyle: p={p} must be in [0, 1] and alpha={alpha} above 0")
+        self.p, self.alpha, self.eps = p, alpha, eps
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        """``spec``: ``(B, F, T)``."""
+        if spec.shape[0] < 2 or float(torch.rand(())) >= self.p:
+            return spec
+        mean = spec.mean(dim=2, keepdim=True)
+        std = (spec.var(dim=2, keepdim=True) + self.eps).sqrt()
+        weight = torch.distributions.Beta(self.alpha, self.alpha).sample((spec.shape[0], 1, 1))
+        weight = weight.to(spec.device, spec.dtype)
+        perm = torch.randperm(spec.shape[0], device=spec.device)
+        mixed_mean = weight * mean + (1 - weight) * mean[perm]
+        mixed_std = weight * std + (1 - weight) * std[perm]
+        return (spec - mean) / std * mixed_std + mixed_mean
+
+
 CropSize = int | float | None
 
 
@@ -151,6 +181,10 @@ SAME_AS_CROP = "crop"
 class FeatureExtractor(nn.Module):
     """Log-mel → standardise → crop → SpecAugment (training only), batched, on any device.
 
+    Optional training-only augmentations: ``time_roll`` (circular time shift, up to that fraction
+    of the clip), ``time_stretch`` (``[low, high]`` playback rates, a random resized crop in
+    time) and ``mixstyle`` (``FreqMixStyle``, after standardisation, before the masks).
+
     Output is ``(B, 1, F', T')`` ready for a 2-D CNN. Standardisation uses the statistics of the
     whole spectrogram but is applied to the crop only (the same numbers, less work). Training
     cuts ``crop`` at random; evaluation cuts ``eval_crop`` (by default the same size) from the
@@ -166,11 +200,26 @@ class FeatureExtractor(nn.Module):
         normalize: bool = True,
         augment: SpecAugment | None = None,
         eval_crop: Sequence[CropSize] | str | None = SAME_AS_CROP,
+        time_roll: float = 0.0,
+        time_stretch: Sequence[float] | None = None,
+        mixstyle: FreqMixStyle | None = None,
     ):
         super().__init__()
         self.logmel = logmel
         self.normalize = normalize
         self.augment = augment
+        self.mixstyle = mixstyle
+        if not 0 <= time_roll <= 1:
+            raise UserError(f"augmentation.time_roll={time_roll} must be a fraction of the clip in [0, 1]")
+        self.time_roll = time_roll
+        if time_stretch is not None:
+            low, high = (float(v) for v in time_stretch)
+            if not 0 < low <= high:
+                raise UserError(
+                    f"augmentation.time_stretch={list(time_stretch)} must be [low, high] with 0 < low <= high"
+                )
+            time_stretch = (low, high)
+        self.time_stretch = time_stretch
         self.input_shape = (logmel.n_mels, logmel.frames(clip_samples))
         self.crop = resolve_crop(crop, self.input_shape)
         self.set_eval_crop(crop if eval_crop == SAME_AS_CROP else eval_crop)
@@ -195,6 +244,8 @@ class FeatureExtractor(nn.Module):
         x = x.float()
         if self.normalize:
             mean, std = self._stats(x)
+        if self.training and self.time_roll > 0:
+            x = self._roll(x)
         if (self.crop if self.training else self.eval_crop) is not None:
             x = self._crop(x)
         # Normalisation and masks are per-sample scalings of rows and columns: fold them into
@@ -204,6 +255,10 @@ class FeatureExtractor(nn.Module):
         if self.normalize:
             x = x - mean
             row_scale = 1.0 / (std + 1e-5)  # (B, 1, 1)
+        if self.training and self.mixstyle is not None:  # mixes statistics of standardised input
+            if row_scale is not None:
+                x, row_scale = x.mul_(row_scale), None
+            x = self.mixstyle(x)
         if self.training and self.augment is not None:
             keep_f, keep_t = self.augment.masks(x.shape[0], x.shape[1], x.shape[2], x.device)
             row_scale = keep_f[:, :, None] if row_scale is None else row_scale * keep_f[:, :, None]
@@ -239,10 +294,35 @@ class FeatureExtractor(nn.Module):
         # Offsets drawn on the CPU (slicing needs Python ints); one slice per sample, then one
         # copy: far cheaper than a 3-D advanced-indexing gather.
         off_f = torch.randint(0, freq - crop_f + 1, (batch,)).tolist()
-        off_t = torch.randint(0, time - crop_t + 1, (batch,)).tolist()
-        return torch.stack(
-            [x[i, f : f + crop_f, t : t + crop_t] for i, (f, t) in enumerate(zip(off_f, off_t, strict=True))]
-        )
+        if self.time_stretch is None:
+            off_t = torch.randint(0, time - crop_t + 1, (batch,)).tolist()
+            return torch.stack(
+                [
+                    x[i, f : f + crop_f, t : t + crop_t]
+                    for i, (f, t) in enumerate(zip(off_f, off_t, strict=True))
+                ]
+            )
+        # Time stretch as a random resized crop: a window of rate * crop_t frames (at most the
+        # whole clip) is resampled to crop_t, so rate > 1 plays the window faster.
+        widths = torch.empty(batch).uniform_(*self.time_stretch).mul_(crop_t).round_().clamp_(1, time).long()
+        off_t = (torch.rand(batch) * (time - widths + 1)).long().tolist()
+        pieces = []
+        for i, (f, t, width) in enumerate(zip(off_f, off_t, widths.tolist(), strict=True)):
+            piece = x[i, f : f + crop_f, t : t + width]
+            if width != crop_t:
+                piece = F.interpolate(piece[None], size=crop_t, mode="linear", align_corners=False)[0]
+            pieces.append(piece)
+        return torch.stack(pieces)
+
+    def _roll(self, x: torch.Tensor) -> torch.Tensor:
+        """Circular shift of every spectrogram along time by up to ``time_roll`` of its frames."""
+        batch, freq, time = x.shape
+        most = round(self.time_roll * time)
+        if most < 1:
+            return x
+        shift = torch.randint(-most, most + 1, (batch, 1), device=x.device)
+        index = (torch.arange(time, device=x.device) - shift) % time
+        return x.gather(2, index[:, None, :].expand(batch, freq, time))
 
 
 def clip_samples(sample_rate: int, clip_seconds: float) -> int:

@@ -1,0 +1,87 @@
+"""Training-only augmentations beyond SpecAugment: time roll, time stretch, Freq-MixStyle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from esc50_lightning.data.audio import fit_length, read_mono
+from esc50_lightning.errors import UserError
+from esc50_lightning.features import FeatureExtractor, FreqMixStyle, LogMel
+
+CLIP = 5 * 22050  # 22.05 kHz keeps the spectrograms small: 64 mels x 216 frames with hop 512
+
+
+@pytest.fixture(scope="module")
+def mels(esc50_root: Path) -> torch.Tensor:
+    """Log-mels of eight real clips from eight classes."""
+    meta = pd.read_csv(esc50_root / "meta" / "esc50.csv").drop_duplicates("target").head(8)
+    clips = [fit_length(read_mono(esc50_root / "audio" / f, 22050).samples, CLIP) for f in meta.filename]
+    return LogMel(sample_rate=22050, n_fft=1024, n_mels=64)(torch.stack([torch.from_numpy(c) for c in clips]))
+
+
+def extractor(**kwargs) -> FeatureExtractor:
+    logmel = LogMel(sample_rate=22050, n_fft=1024, n_mels=64)
+    return FeatureExtractor(logmel, CLIP, crop=kwargs.pop("crop", None), normalize=False, **kwargs)
+
+
+def test_time_roll_is_a_circular_shift_per_clip(mels: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    out = extractor(time_roll=0.5).train()(mels)[:, 0]
+    shifts = set()
+    for i in range(len(mels)):
+        matches = [k for k in range(-108, 109) if torch.equal(out[i], torch.roll(mels[i], k, dims=1))]
+        assert matches, f"clip {i}: output is not a circular time shift of its spectrogram"
+        shifts.add(matches[0])
+    assert len(shifts) > 1, "every clip got the same shift"
+    assert torch.equal(extractor(time_roll=0.5).eval()(mels)[:, 0], mels), "evaluation must not roll"
+
+
+def test_time_stretch_resamples_a_window_at_the_drawn_rate() -> None:
+    ramp = torch.arange(216.0).expand(4, 64, 216).contiguous()  # value = frame index
+    torch.manual_seed(0)
+    out = extractor(crop=(64, 100), time_stretch=(0.5, 1.5)).train()(ramp)[:, 0]
+    assert out.shape == (4, 64, 100)
+    # A window of rate * 100 frames squeezed into 100: the ramp's slope is the rate.
+    slopes = (out[:, 0, 60] - out[:, 0, 40]) / 20
+    assert ((slopes > 0.49) & (slopes < 1.51)).all(), slopes
+    assert len({round(float(s), 2) for s in slopes}) > 1, "every clip got the same rate"
+    same = extractor(crop=(64, 100), time_stretch=(1.0, 1.0)).train()(ramp)[:, 0]
+    assert ((same[:, :, 1:] - same[:, :, :-1]) == 1).all(), "rate 1 must be a plain crop"
+
+
+def test_freq_mixstyle_keeps_content_and_swaps_row_statistics(mels: torch.Tensor) -> None:
+    pair = mels[:2]
+    torch.manual_seed(0)
+    out = FreqMixStyle(p=1.0, alpha=0.4)(pair)
+
+    def standardised(x: torch.Tensor) -> torch.Tensor:
+        return (x - x.mean(dim=2, keepdim=True)) / (x.var(dim=2, keepdim=True) + 1e-6).sqrt()
+
+    assert torch.allclose(standardised(out), standardised(pair), atol=1e-3), "content along time changed"
+    low = pair.mean(dim=2).amin(dim=0) - 1e-3
+    high = pair.mean(dim=2).amax(dim=0) + 1e-3
+    row_means = out.mean(dim=2)
+    assert ((row_means >= low) & (row_means <= high)).all(), "row means are not a blend of the batch's"
+    assert torch.equal(FreqMixStyle(p=0.0)(pair), pair)
+    # Through the extractor: training only.
+    features = extractor(mixstyle=FreqMixStyle(p=1.0))
+    assert torch.equal(features.eval()(mels)[:, 0], mels)
+    assert not torch.allclose(features.train()(mels)[:, 0], mels)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"time_roll": 1.5}, "augmentation.time_roll=1.5 must be a fraction"),
+        ({"time_stretch": (1.2, 0.8)}, "augmentation.time_stretch=[1.2, 0.8] must be [low, high]"),
+    ],
+)
+def test_bad_augmentation_settings_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        extractor(**kwargs)
+    with pytest.raises(UserError, match="freq_mixstyle: p=2"):
+        FreqMixStyle(p=2)
