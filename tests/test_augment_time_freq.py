@@ -85,3 +85,22 @@ def test_bad_augmentation_settings_are_refused(kwargs: dict, message: str) -> No
         extractor(**kwargs)
     with pytest.raises(UserError, match="freq_mixstyle: p=2"):
         FreqMixStyle(p=2)
+
+
+def test_gain_is_a_no_op_for_standardised_log_mels(esc50_root: Path) -> None:
+    """Why there is no gain augmentation: a gain adds a constant in dB, which per-clip
+    standardisation removes (and top_db clamps relative to each clip's own peak)."""
+    meta = pd.read_csv(esc50_root / "meta" / "esc50.csv").drop_duplicates("target").head(4)
+    waves = torch.stack(
+        [
+            torch.from_numpy(fit_length(read_mono(esc50_root / "audio" / f, 22050).samples, CLIP))
+            for f in meta.filename
+        ]
+    )
+    logmel = LogMel(sample_rate=22050, n_fft=1024, n_mels=64)
+    features = FeatureExtractor(logmel, CLIP, crop=None).eval()
+    reference = features(waves)
+    for gain in (0.05, 0.5, 2.0):
+        assert torch.allclose(features(waves * gain), reference, atol=1e-3), (
+            f"gain {gain} changed the features"
+        )
