@@ -167,6 +167,14 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
             "error: model.net.input_bn=56 matches the training crop, but features.eval_crop gives "
             "the network 64 mel rows",
         ),
+        (
+            ["augmentation.time_stretch=0.9"],
+            "error: augmentation.time_stretch=0.9 must be [low, high] playback rates, e.g. [0.8, 1.08]",
+        ),
+        (
+            ["augmentation.freq_mixstyle=0.4"],
+            "error: augmentation.freq_mixstyle=0.4 must be null or {_target_:",
+        ),
     ],
 )
 def test_config_mistakes(esc50_root: Path, tmp_path: Path, overrides: list[str], message: str) -> None:

@@ -35,8 +35,14 @@ def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtr
     aug = cfg.augmentation
     augment = instantiate(aug.spec_augment) if aug.spec_augment else None
     # Checkpoints from before these keys existed trained without them.
-    mixstyle = instantiate(aug.freq_mixstyle) if aug.get("freq_mixstyle") else None
-    stretch = aug.get("time_stretch")
+    mixstyle = None
+    if aug.get("freq_mixstyle"):
+        if not isinstance(aug.freq_mixstyle, DictConfig) or "_target_" not in aug.freq_mixstyle:
+            raise UserError(
+                f"augmentation.freq_mixstyle={aug.freq_mixstyle} must be null or "
+                "{_target_:esc50_lightning.features.FreqMixStyle,p:0.4,alpha:0.4}"
+            )
+        mixstyle = instantiate(aug.freq_mixstyle)
     return FeatureExtractor(
         logmel,
         clip_samples(cfg.data.dataset.sample_rate, cfg.data.dataset.clip_seconds),
@@ -46,7 +52,7 @@ def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtr
         # Older checkpoints have no eval_crop: they score the training crop's size.
         eval_crop=crop_from_config(cfg.features.get("eval_crop", SAME_AS_CROP)),
         time_roll=aug.get("time_roll", 0.0),
-        time_stretch=tuple(stretch) if stretch is not None else None,
+        time_stretch=aug.get("time_stretch"),
         mixstyle=mixstyle,
     )
 

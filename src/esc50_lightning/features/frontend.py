@@ -209,11 +209,17 @@ class FeatureExtractor(nn.Module):
         self.normalize = normalize
         self.augment = augment
         self.mixstyle = mixstyle
-        if not 0 <= time_roll <= 1:
+        if not isinstance(time_roll, int | float) or not 0 <= time_roll <= 1:
             raise UserError(f"augmentation.time_roll={time_roll} must be a fraction of the clip in [0, 1]")
-        self.time_roll = time_roll
+        self.time_roll = float(time_roll)
         if time_stretch is not None:
-            low, high = (float(v) for v in time_stretch)
+            try:
+                low, high = (float(v) for v in time_stretch)
+            except (TypeError, ValueError):
+                raise UserError(
+                    f"augmentation.time_stretch={time_stretch} must be [low, high] playback rates, "
+                    "e.g. [0.8, 1.08]"
+                ) from None
             if not 0 < low <= high:
                 raise UserError(
                     f"augmentation.time_stretch={list(time_stretch)} must be [low, high] with 0 < low <= high"
