@@ -51,6 +51,10 @@ def test_time_stretch_resamples_a_window_at_the_drawn_rate() -> None:
     assert len({round(float(s), 2) for s in slopes}) > 1, "every clip got the same rate"
     same = extractor(crop=(64, 100), time_stretch=(1.0, 1.0)).train()(ramp)[:, 0]
     assert ((same[:, :, 1:] - same[:, :, :-1]) == 1).all(), "rate 1 must be a plain crop"
+    # Without a crop the whole clip is the output size: rates below 1 still stretch a window.
+    whole = extractor(time_stretch=(0.5, 0.5)).train()(ramp)[:, 0]
+    assert whole.shape == (4, 64, 216)
+    assert torch.allclose(whole[:, 0, 101] - whole[:, 0, 100], torch.full((4,), 0.5), atol=1e-4)
 
 
 def test_freq_mixstyle_keeps_content_and_swaps_row_statistics(mels: torch.Tensor) -> None:

@@ -252,7 +252,8 @@ class FeatureExtractor(nn.Module):
             mean, std = self._stats(x)
         if self.training and self.time_roll > 0:
             x = self._roll(x)
-        if (self.crop if self.training else self.eval_crop) is not None:
+        cuts = (self.crop, self.time_stretch) if self.training else (self.eval_crop,)
+        if any(cut is not None for cut in cuts):
             x = self._crop(x)
         # Normalisation and masks are per-sample scalings of rows and columns: fold them into
         # one subtraction and two broadcast multiplies over the (smaller) crop.
@@ -291,8 +292,8 @@ class FeatureExtractor(nn.Module):
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         batch, freq, time = x.shape
-        crop_f, crop_t = self.crop if self.training else self.eval_crop
-        if (crop_f, crop_t) == (freq, time):
+        crop_f, crop_t = (self.crop or (freq, time)) if self.training else self.eval_crop
+        if (crop_f, crop_t) == (freq, time) and not (self.training and self.time_stretch):
             return x
         if not self.training:  # centre crop: one slice, batch-size agnostic (traces and exports)
             f, t = (freq - crop_f) // 2, (time - crop_t) // 2
