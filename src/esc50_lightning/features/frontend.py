@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +139,21 @@ class FreqMixStyle(nn.Module):
         return (spec - mean) / std * mixed_std + mixed_mean
 
 
+def _rate_range(value: Any) -> tuple[float, float]:
+    """``augmentation.time_stretch`` as ``(low, high)`` playback rates, 0 < low <= high."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        low = high = 0.0
+    if not 0 < low <= high:
+        shown = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+        raise UserError(
+            f"augmentation.time_stretch={shown} must be [low, high] playback rates, e.g. [0.8, 1.08] "
+            "(0 < low <= high)"
+        )
+    return low, high
+
+
 CropSize = int | float | None
 
 
@@ -212,20 +228,7 @@ class FeatureExtractor(nn.Module):
         if not isinstance(time_roll, int | float) or not 0 <= time_roll <= 1:
             raise UserError(f"augmentation.time_roll={time_roll} must be a fraction of the clip in [0, 1]")
         self.time_roll = float(time_roll)
-        if time_stretch is not None:
-            try:
-                low, high = (float(v) for v in time_stretch)
-            except (TypeError, ValueError):
-                raise UserError(
-                    f"augmentation.time_stretch={time_stretch} must be [low, high] playback rates, "
-                    "e.g. [0.8, 1.08]"
-                ) from None
-            if not 0 < low <= high:
-                raise UserError(
-                    f"augmentation.time_stretch={list(time_stretch)} must be [low, high] with 0 < low <= high"
-                )
-            time_stretch = (low, high)
-        self.time_stretch = time_stretch
+        self.time_stretch = None if time_stretch is None else _rate_range(time_stretch)
         self.input_shape = (logmel.n_mels, logmel.frames(clip_samples))
         self.crop = resolve_crop(crop, self.input_shape)
         self.set_eval_crop(crop if eval_crop == SAME_AS_CROP else eval_crop)
@@ -252,9 +255,7 @@ class FeatureExtractor(nn.Module):
             mean, std = self._stats(x)
         if self.training and self.time_roll > 0:
             x = self._roll(x)
-        cuts = (self.crop, self.time_stretch) if self.training else (self.eval_crop,)
-        if any(cut is not None for cut in cuts):
-            x = self._crop(x)
+        x = self._crop(x)
         # Normalisation and masks are per-sample scalings of rows and columns: fold them into
         # one subtraction and two broadcast multiplies over the (smaller) crop.
         row_scale: torch.Tensor | None = None
@@ -291,13 +292,18 @@ class FeatureExtractor(nn.Module):
         return mean[:, :, None], std[:, :, None]
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
+        """The evaluation cut (centred), or the training cut (random, stretched if asked); the
+        input itself when there is nothing to cut."""
         batch, freq, time = x.shape
-        crop_f, crop_t = (self.crop or (freq, time)) if self.training else self.eval_crop
-        if (crop_f, crop_t) == (freq, time) and not (self.training and self.time_stretch):
-            return x
         if not self.training:  # centre crop: one slice, batch-size agnostic (traces and exports)
+            crop_f, crop_t = self.eval_crop or (freq, time)
+            if (crop_f, crop_t) == (freq, time):
+                return x
             f, t = (freq - crop_f) // 2, (time - crop_t) // 2
             return x[:, f : f + crop_f, t : t + crop_t]
+        crop_f, crop_t = self.crop or (freq, time)
+        if (crop_f, crop_t) == (freq, time) and self.time_stretch is None:
+            return x
         # Offsets drawn on the CPU (slicing needs Python ints); one slice per sample, then one
         # copy: far cheaper than a 3-D advanced-indexing gather.
         off_f = torch.randint(0, freq - crop_f + 1, (batch,)).tolist()
