@@ -145,3 +145,41 @@ def test_unwritable_cache_is_a_clear_error(esc50_root: Path, tmp_path: Path) -> 
     dm = _dm(root, blocker)
     with pytest.raises(UserError, match=r"cache/esc50: cannot write the data cache \(.*\); free space there"):
         dm.prepare_data()
+
+
+def _mapped_from(path: Path, address: int) -> bool:
+    """Whether ``address`` lies in this process's memory mapping of the file ``path``."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, *_, name = line.split(maxsplit=5)
+        start, end = (int(a, 16) for a in span.split("-"))
+        if name.strip() == str(path) and start <= address < end:
+            return True
+    return False
+
+
+def test_splits_serve_batches_from_the_mapped_cache_file(esc50_root: Path, tmp_path: Path) -> None:
+    from esc50_lightning.features import LogMel
+
+    root = tmp_path / "esc50"
+    make_subset(esc50_root, root)
+    spec = DatasetSpec(name="esc50", root=str(root), folds=[1, 2, 3, 4, 5], num_classes=50)
+    dm = FoldedAudioDataModule(spec, cache_dir=str(tmp_path / "cache"), frontend=LogMel(), fold=1)
+    dm.prepare_data()
+    dm.setup("fit")
+    (npy,) = (tmp_path / "cache" / "esc50").glob("logmel-*.npy")
+    cached = np.load(npy)
+    train, val = dm.sets["train"], dm.sets["val"]
+
+    # No copy at setup: every split reads the one mapping of the cache file, which other
+    # processes share through the page cache.
+    assert train.inputs.data_ptr() == val.inputs.data_ptr() == dm.sets["test"].inputs.data_ptr()
+    assert _mapped_from(npy.resolve(), train.inputs.data_ptr())
+
+    # A batch holds the right clips, labels and table rows; indices past the split wrap (copies).
+    assert sorted(dm.table.folds[val.rows.numpy()]) == [1, 1] and 1 not in dm.table.folds[train.rows.numpy()]
+    batch = train.__getitems__([0, 3, len(train.rows) + 1])
+    expected_rows = train.rows[[0, 3, 1]]
+    assert batch["row"].tolist() == expected_rows.tolist()
+    assert np.array_equal(batch["x"].numpy(), cached[expected_rows.numpy()])
+    assert batch["y"].tolist() == dm.table.labels[expected_rows.numpy()].tolist()
+    assert np.array_equal(train.split_inputs().numpy(), cached[train.rows.numpy()])

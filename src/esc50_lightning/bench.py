@@ -286,7 +286,8 @@ def startup_child(args: argparse.Namespace) -> None:
     optimizer.step()
     sync(device)
     t_step = time.perf_counter()
-    in_memory = sum(s.inputs.numel() * s.inputs.element_size() for s in dm.sets.values())
+    cached = {id(s.inputs): s.inputs for s in dm.sets.values()}.values()  # the splits share one array
+    in_memory = sum(t.numel() * t.element_size() for t in cached)
     on_disk = sum(p.stat().st_size for p in cache.rglob("*.npy"))
     result = {
         "clips": len(dm.table),
@@ -399,7 +400,8 @@ def render(results: dict[str, Any]) -> str:
                 f"{r['first_step_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} |"
             )
         lines.append(
-            f"\nCache: {s['warm']['cache_memory_gb']:.2f} GB in memory (log-mel splits), "
+            f"\nCache: {s['warm']['cache_memory_gb']:.2f} GB in memory (the log-mels of every clip, mapped "
+            "from the cache file and shared between processes), "
             f"{s['warm']['cache_disk_gb']:.2f} GB on disk (waveforms + log-mels). Seconds exclude "
             "interpreter start and imports; the wall column includes them."
         )

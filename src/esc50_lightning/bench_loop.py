@@ -125,8 +125,9 @@ def run_bare_loop(cfg: DictConfig, epochs: int) -> list[float]:
     dm = instantiate(cfg.data, frontend=build_logmel(cfg))
     dm.prepare_data()
     dm.setup("fit")
-    x_train, y_train = dm.sets["train"].inputs, dm.sets["train"].labels
-    x_val, y_val = dm.sets["val"].inputs, dm.sets["val"].labels
+    train, val = dm.sets["train"], dm.sets["val"]
+    x_train, y_train = train.split_inputs(), train.labels[train.rows]
+    x_val, y_val = val.split_inputs(), val.labels[val.rows]
     frontend = build_features(cfg)  # train.py's crop sizes; the loop below does its own cropping
     size, eval_size = frontend.output_shape, frontend.eval_shape
 

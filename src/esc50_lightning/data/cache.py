@@ -46,14 +46,18 @@ class ArrayCache:
         self.lock_path = self.directory / f"{name}.lock"
 
     def load(self) -> np.ndarray | None:
-        """The cached array (memory-mapped), or None when absent, stale or damaged."""
+        """The cached array, or None when absent, stale or damaged.
+
+        Memory-mapped copy-on-write: pages load from the file on first use, and a write (none is
+        made) would stay private to this process; torch takes such an array without copying it.
+        """
         try:
             meta = json.loads(self.marker_path.read_text())
             if meta.get("key") != self.key:
                 return None
             if self.array_path.stat().st_size != meta["bytes"]:
                 return None
-            array = np.load(self.array_path, mmap_mode="r", allow_pickle=False)
+            array = np.load(self.array_path, mmap_mode="c", allow_pickle=False)
             if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
                 return None
             return array
