@@ -53,7 +53,12 @@ TARGET = 1.05  # the framework may cost at most 5 % more time per epoch than the
 
 
 class EpochTimer(L.Callback):
-    """Appends the time at the start of every training epoch and at the end of fit to ``path``."""
+    """Appends the time at the start of the first training epoch and at the end of every one to ``path``.
+
+    Validation runs before ``on_train_epoch_end`` and the checkpoint callbacks run after it, so
+    every epoch but the first spans one checkpoint save, one training pass and one validation;
+    what ``fit`` does after the last epoch (plots, the EMA swap, teardown) is in none.
+    """
 
     def __init__(self, path: str):
         self.path = Path(path)
@@ -63,9 +68,10 @@ class EpochTimer(L.Callback):
             f.write(f"{time.perf_counter()}\n")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._mark()
+        if not self.path.exists():
+            self._mark()
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._mark()
 
 
