@@ -286,8 +286,8 @@ def startup_child(args: argparse.Namespace) -> None:
     optimizer.step()
     sync(device)
     t_step = time.perf_counter()
-    cached = {id(s.inputs): s.inputs for s in dm.sets.values()}.values()  # the splits share one array
-    in_memory = sum(t.numel() * t.element_size() for t in cached)
+    mapped = dm.sets["train"].inputs  # every split indexes this one mapped array
+    in_memory = mapped.numel() * mapped.element_size()
     on_disk = sum(p.stat().st_size for p in cache.rglob("*.npy"))
     result = {
         "clips": len(dm.table),

@@ -72,10 +72,6 @@ class ClipSet(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
-    def split_inputs(self) -> torch.Tensor:
-        """This split's clips copied into memory, in row order."""
-        return self.inputs.index_select(0, self.rows)
-
 
 def _keep_batch(batch: Any) -> Any:
     return batch
