@@ -87,6 +87,7 @@ def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None 
         scheduler_interval=optim.get("scheduler_interval", "epoch"),
         class_names=class_names,
         mixup_alpha=cfg.augmentation.get("mixup_alpha", 0.0),
+        mixup_mode=cfg.augmentation.get("mixup_mode", "logmel"),
         label_smoothing=optim.get("label_smoothing", 0.0),
         channels_last=cfg.get("channels_last", False),
         compile=cfg.get("compile", False),

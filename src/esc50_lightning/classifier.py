@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor
 from esc50_lightning.metrics import classification_metrics, confusion_figure
 
@@ -23,6 +24,9 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
 log = logging.getLogger(__name__)
+
+# augmentation.mixup_mode: interpolate the network's inputs, or mix the clips as sounds.
+MIXUP_MODES = ("logmel", "between_class")
 
 
 class AudioClassifier(L.LightningModule):
@@ -42,6 +46,7 @@ class AudioClassifier(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
         mixup_alpha: float = 0.0,
+        mixup_mode: str = "logmel",
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
@@ -53,7 +58,10 @@ class AudioClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.class_names = list(class_names)
+        if mixup_mode not in MIXUP_MODES:
+            raise UserError(f"augmentation.mixup_mode={mixup_mode} must be one of {', '.join(MIXUP_MODES)}")
         self.mixup_alpha = mixup_alpha
+        self.mixup_mode = mixup_mode
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
         self.compile = compile
@@ -80,10 +88,20 @@ class AudioClassifier(L.LightningModule):
 
     # ---- forward ---------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict:
-        x = self.features(batch["x"])
+        # Between-class mixing happens on the spectrograms before standardisation, so it is
+        # drawn here; training_step reads the draw back to weigh the two labels.
+        mix = None
+        if self.training and self.mixup_alpha > 0 and self.mixup_mode == "between_class":
+            mix = self._draw_mix(batch["x"].shape[0], batch["x"].device)
+        x = self.features(batch["x"], mix=mix)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return {**batch, "x": x}
+        return {**batch, "x": x} if mix is None else {**batch, "x": x, "mix": mix}
+
+    def _draw_mix(self, batch_size: int, device: torch.device) -> tuple[float, torch.Tensor]:
+        """One Beta(alpha, alpha) weight for the batch and a random partner for every clip."""
+        weight = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
+        return weight, torch.randperm(batch_size, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -91,10 +109,13 @@ class AudioClassifier(L.LightningModule):
     # ---- steps -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch["x"], batch["y"]
-        if self.mixup_alpha > 0:
-            lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
-            perm = torch.randperm(x.shape[0], device=x.device)
-            logits = self(lam * x + (1 - lam) * x[perm])
+        mix = batch.get("mix")  # already mixed as sounds (between_class)
+        if mix is None and self.mixup_alpha > 0:  # mixup of the network's inputs
+            mix = self._draw_mix(x.shape[0], x.device)
+            x = mix[0] * x + (1 - mix[0]) * x[mix[1]]
+        if mix is not None:
+            lam, perm = mix
+            logits = self(x)
             loss = lam * self._loss(logits, y) + (1 - lam) * self._loss(logits, y[perm])
             y = y if lam >= 0.5 else y[perm]  # metrics follow the dominant clip
         else:

@@ -139,6 +139,20 @@ class FreqMixStyle(nn.Module):
         return (spec - mean) / std * mixed_std + mixed_mean
 
 
+def mix_as_sounds(spec_db: torch.Tensor, weight: float, perm: torch.Tensor) -> torch.Tensor:
+    """Between-class mixing (Tokozume et al., ICLR 2018) of dB spectrograms ``(B, F, T)``.
+
+    Every clip is mixed with clip ``perm[i]`` as if their waveforms had been added: both are
+    brought to the same peak, weighted ``weight : 1 - weight`` in amplitude, summed in power and
+    turned back into dB. Interpolating dB values (plain mixup) instead keeps a blend of two
+    spectral envelopes that no recording has; a sum of sounds is what a microphone hears.
+    """
+    level = spec_db - spec_db.amax(dim=(1, 2), keepdim=True)  # 0 dB peak per clip
+    power = torch.pow(10.0, level / 10.0)
+    mixed = weight**2 * power + (1.0 - weight) ** 2 * power[perm]
+    return 10.0 * torch.log10(mixed.clamp_min(1e-10))
+
+
 def _rate_range(value: Any) -> tuple[float, float]:
     """``augmentation.time_stretch`` as ``(low, high)`` playback rates, 0 < low <= high."""
     try:
@@ -247,10 +261,14 @@ class FeatureExtractor(nn.Module):
         """Evaluation input size (``(mels, frames)``)."""
         return self.eval_crop if self.eval_crop is not None else self.input_shape
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mix: tuple[float, torch.Tensor] | None = None) -> torch.Tensor:
+        """``mix=(weight, perm)``: mix every clip with clip ``perm[i]`` as sounds first
+        (``mix_as_sounds``), so standardisation, crop and masks see the mixture."""
         if x.dim() == 2:  # raw waveforms
             x = self.logmel(x)
         x = x.float()
+        if mix is not None:
+            x = mix_as_sounds(x, *mix)
         if self.normalize:
             mean, std = self._stats(x)
         if self.training and self.time_roll > 0:
