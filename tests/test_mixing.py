@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
@@ -15,12 +16,14 @@ from esc50_lightning.models import CNN4
 CLIPS = ["1-100032-A-0.wav", "1-19898-A-41.wav", "1-26806-A-1.wav", "1-17367-A-10.wav"]
 
 
-def _waves(root) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(sf.read(root / "audio" / c, dtype="float32")[0]) for c in CLIPS])
+@pytest.fixture(scope="module")
+def waves(esc50_root) -> torch.Tensor:
+    return torch.stack(
+        [torch.from_numpy(sf.read(esc50_root / "audio" / c, dtype="float32")[0]) for c in CLIPS]
+    )
 
 
-def test_between_class_mix_is_the_log_mel_of_the_peak_equalised_clips_added(esc50_root):
-    waves = _waves(esc50_root)
+def test_between_class_mix_is_the_log_mel_of_the_peak_equalised_clips_added(waves):
     logmel = LogMel(n_fft=2048, hop_length=1024, n_mels=64, f_max=14000.0)
     spec = logmel(waves)
     perm = torch.tensor([1, 2, 3, 0])
@@ -52,9 +55,9 @@ def _classifier(mode: str) -> AudioClassifier:
     )
 
 
-def test_between_class_training_weighs_both_labels_by_the_mix_it_drew(esc50_root):
+def test_between_class_training_weighs_both_labels_by_the_mix_it_drew(waves):
     module = _classifier("between_class").train()
-    batch = {"x": _waves(esc50_root), "y": torch.tensor([0, 41, 1, 10]), "row": torch.arange(4)}
+    batch = {"x": waves, "y": torch.tensor([0, 41, 1, 10]), "row": torch.arange(4)}
     torch.manual_seed(3)
     moved = module.on_after_batch_transfer(batch, 0)
     weight, perm = moved["mix"]
@@ -78,9 +81,9 @@ def test_between_class_training_weighs_both_labels_by_the_mix_it_drew(esc50_root
     assert "mix" not in module.on_after_batch_transfer(batch, 0)
 
 
-def test_logmel_mixup_interpolates_the_network_inputs(esc50_root):
+def test_logmel_mixup_interpolates_the_network_inputs(waves):
     module = _classifier("logmel").train()
-    batch = {"x": _waves(esc50_root), "y": torch.tensor([0, 41, 1, 10]), "row": torch.arange(4)}
+    batch = {"x": waves, "y": torch.tensor([0, 41, 1, 10]), "row": torch.arange(4)}
     moved = module.on_after_batch_transfer(batch, 0)
     assert "mix" not in moved
     torch.manual_seed(5)

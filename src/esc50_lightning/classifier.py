@@ -87,7 +87,7 @@ class AudioClassifier(L.LightningModule):
             self.net = torch.compile(self.net)
 
     # ---- forward ---------------------------------------------------------------------------
-    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict:
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, Any]:
         # Between-class mixing happens on the spectrograms before standardisation, so it is
         # drawn here; training_step reads the draw back to weigh the two labels.
         mix = None
@@ -107,7 +107,8 @@ class AudioClassifier(L.LightningModule):
         return self.net(x)
 
     # ---- steps -----------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """``batch["mix"]``, when present, is the ``(weight, perm)`` the features mixed with."""
         x, y = batch["x"], batch["y"]
         mix = batch.get("mix")  # already mixed as sounds (between_class)
         if mix is None and self.mixup_alpha > 0:  # mixup of the network's inputs
