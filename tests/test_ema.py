@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from esc50_lightning.errors import UserError
 from esc50_lightning.schedules import ema_multi_avg_fn
 
 
@@ -73,5 +74,5 @@ def test_the_ema_callback_config_uses_it() -> None:
 
 def test_decay_out_of_range_is_refused() -> None:
     for decay in (1.0, -0.1):
-        with pytest.raises(ValueError, match="decay must be in"):
+        with pytest.raises(UserError, match="decay must be in"):
             ema_multi_avg_fn(decay)

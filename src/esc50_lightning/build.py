@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from esc50_lightning.checkpoint_io import atomic_torch_save
-from esc50_lightning.classifier import AudioClassifier
+from esc50_lightning.classifier import AudioClassifier, SchedulerFactory
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel
 from esc50_lightning.features.frontend import SAME_AS_CROP, CropSize, clip_samples
@@ -83,7 +84,7 @@ def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None 
         net=net,
         features=features,
         optimizer=instantiate(optim.optimizer),
-        scheduler=instantiate(optim.scheduler) if optim.get("scheduler") else None,
+        scheduler=build_scheduler(optim),
         scheduler_interval=optim.get("scheduler_interval", "epoch"),
         class_names=class_names,
         mixup_alpha=cfg.augmentation.get("mixup_alpha", 0.0),
@@ -92,6 +93,22 @@ def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None 
         channels_last=cfg.get("channels_last", False),
         compile=cfg.get("compile", False),
     )
+
+
+def build_scheduler(optim: DictConfig) -> SchedulerFactory | None:
+    """The learning-rate schedule the config names, as a factory of the run's optimiser. It is
+    tried once on a throwaway optimiser here, so that a bad setting stops the command before
+    training with one line, not with a traceback once the run has started."""
+    if not optim.get("scheduler"):
+        return None
+    factory = instantiate(optim.scheduler)
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    kwargs = {"total_steps": 100} if "total_steps" in inspect.signature(factory).parameters else {}
+    try:
+        factory(probe, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"optim.scheduler ({optim.scheduler.get('_target_')}): {err}") from err
+    return factory
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -11,16 +11,28 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from esc50_lightning.errors import UserError
 
-def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05) -> LambdaLR:
-    """Linear warm-up over ``warmup_fraction`` of training, then cosine decay to zero."""
+
+def warmup_cosine(
+    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05, final_lr_fraction: float = 0.0
+) -> LambdaLR:
+    """Linear warm-up over ``warmup_fraction`` of training, then cosine decay to
+    ``final_lr_fraction`` of the peak rate (zero by default). A floor above zero keeps the weights
+    moving at the end, so a moving average of them (the EMA callback) averages distinct models,
+    as in stochastic weight averaging, instead of copies of the last one."""
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise UserError(f"optim.scheduler.warmup_fraction={warmup_fraction} must be in [0, 1)")
+    if not 0.0 <= final_lr_fraction <= 1.0:
+        raise UserError(f"optim.scheduler.final_lr_fraction={final_lr_fraction} must be in [0, 1]")
     warmup = max(1, int(total_steps * warmup_fraction))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return final_lr_fraction + (1.0 - final_lr_fraction) * cosine
 
     return LambdaLR(optimizer, factor)
 
@@ -39,7 +51,7 @@ def ema_multi_avg_fn(decay: float = 0.998) -> Callable[[list[Tensor], list[Tenso
     ``decay**n`` (2e-6 after 6500 steps at 0.998): the end of a long run is the same.
     """
     if not 0.0 <= decay < 1.0:
-        raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        raise UserError(f"callbacks.ema.multi_avg_fn.decay={decay}: EMA decay must be in [0, 1)")
 
     @torch.no_grad()
     def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
