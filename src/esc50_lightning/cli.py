@@ -12,8 +12,12 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from esc50_lightning.errors import UserError, show_tracebacks
+from esc50_lightning.run_dirs import register_resolvers
 
 T = TypeVar("T")
+
+# The run-folder resolver the Hydra configs use: registered on import, before @hydra.main composes.
+register_resolvers()
 
 
 def guarded_task(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
