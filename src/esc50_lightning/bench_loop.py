@@ -21,7 +21,6 @@ printed.
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
 import json
 import os
@@ -46,6 +45,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from esc50_lightning.build import build_features, build_logmel
 from esc50_lightning.errors import UserError, run_guarded
+from esc50_lightning.schedules import steps_per_batch
 from esc50_lightning.train import use_native_precision
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -161,7 +161,7 @@ def run_bare_loop(cfg: DictConfig, epochs: int) -> list[float]:
     scheduler, per_step = None, False
     if cfg.optim.get("scheduler"):
         factory = instantiate(cfg.optim.scheduler)
-        per_step = "total_steps" in inspect.signature(factory).parameters
+        per_step = steps_per_batch(factory)
         kwargs = {"total_steps": steps_per_epoch * epochs} if per_step else {}
         scheduler = factory(optimizer, **kwargs)
     ema_cfg = (cfg.get("callbacks") or {}).get("ema")

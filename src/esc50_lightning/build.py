@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel
 from esc50_lightning.features.frontend import SAME_AS_CROP, CropSize, clip_samples
 from esc50_lightning.models.blocks import InputNorm
+from esc50_lightning.schedules import steps_per_batch
 
 # ``eval_crop`` value (eval.py, build) meaning "keep the cut the checkpoint was configured with".
 KEEP_EVAL_CROP = "checkpoint"
@@ -103,7 +103,7 @@ def build_scheduler(optim: DictConfig) -> SchedulerFactory | None:
         return None
     factory = instantiate(optim.scheduler)
     probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    kwargs = {"total_steps": 100} if "total_steps" in inspect.signature(factory).parameters else {}
+    kwargs = {"total_steps": 100} if steps_per_batch(factory) else {}
     try:
         factory(probe, **kwargs)
     except (ValueError, TypeError) as err:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor
 from esc50_lightning.metrics import classification_metrics, confusion_figure
+from esc50_lightning.schedules import steps_per_batch
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -224,12 +224,10 @@ class AudioClassifier(L.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        kwargs: dict[str, Any] = {}
-        params = inspect.signature(self.scheduler_factory).parameters
-        if "total_steps" in params:
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        per_batch = steps_per_batch(self.scheduler_factory)
+        kwargs = {"total_steps": int(self.trainer.estimated_stepping_batches)} if per_batch else {}
         scheduler = self.scheduler_factory(optimizer, **kwargs)
-        interval = "step" if "total_steps" in params else self.scheduler_interval
+        interval = "step" if per_batch else self.scheduler_interval
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     # ---- checkpoints -----------------------------------------------------------------------

@@ -3,8 +3,10 @@ weighting of the moving average of the weights (EMA)."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,6 +14,12 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from esc50_lightning.errors import UserError
+
+
+def steps_per_batch(factory: Callable[..., Any]) -> bool:
+    """Whether a scheduler factory takes the run's ``total_steps`` (warmup_cosine, OneCycleLR):
+    such schedules are built with it and stepped every batch, the others every epoch."""
+    return "total_steps" in inspect.signature(factory).parameters
 
 
 def warmup_cosine(
