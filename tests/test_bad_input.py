@@ -156,6 +156,11 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
         (["data.fold=7"], "error: data.fold=7 is not one of the dataset's folds 1-5"),
         (["features.crop=[200,384]"], "error: features.crop=[200, 384] does not fit the spectrogram 128x431"),
         (["trainer.max_epochs=-1"], "error: trainer.max_epochs=-1 must be 0 or more"),
+        (
+            ["trainer.max_epochs=7", "trainer.check_val_every_n_epoch=5"],
+            "error: trainer.max_epochs=7 is not a multiple of trainer.check_val_every_n_epoch=5: "
+            "under data.protocol=cv the final epoch is the result, and it would not be validated",
+        ),
         (["model=transformer"], "Could not find 'model/transformer'"),
         (
             ["experiment=cpu_fp32", "model.net.input_bn=64"],

@@ -21,8 +21,13 @@ def atomic_write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def run_metrics(history: list[dict[str, float]], test: dict[str, float], info: dict[str, Any]) -> dict:
+def run_metrics(
+    history: list[dict[str, float]], test: dict[str, float], info: dict[str, Any], epochs: int | None = None
+) -> dict:
     """The run's figures, each labelled with the protocol it comes from.
+
+    ``epochs``: epochs trained; ``history`` has one entry per validated epoch, which is fewer when
+    validation runs every n-th epoch only (``trainer.check_val_every_n_epoch``).
 
     ``final``: last epoch on the evaluation fold (headline under ``cv``: no selection on it).
     ``best``: epoch with the lowest validation loss. Under ``cv`` that selection used the
@@ -36,7 +41,7 @@ def run_metrics(history: list[dict[str, float]], test: dict[str, float], info: d
         "protocol": data["protocol"],
         "fold": data["fold"],
         "splits": data["splits"],
-        "epochs": len(history),
+        "epochs": len(history) if epochs is None else epochs,
     }
     if history:
         last = history[-1]

@@ -1,16 +1,25 @@
-"""A Hydra callback: a SIGTERM to a ``local_parallel`` sweep also stops its worker processes."""
+"""Hydra callbacks for sweeps: a SIGTERM to a ``local_parallel`` sweep also stops its worker
+processes; a sweep's runs can be averaged into one ensemble per held-out fold and scored."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import sys
 import threading
+from collections import defaultdict
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from esc50_lightning.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def _kill_loky_workers() -> None:
@@ -49,3 +58,81 @@ class StopWorkersOnSigterm(Callback):
         _kill_loky_workers()
         signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+class EnsembleSweep(Callback):
+    """When a sweep ends, average the predictions of its finished runs that held out the same
+    fold (``esc50_lightning.build.ensemble_checkpoint``) and score that ensemble once on the fold,
+    as ``python eval.py`` would: ``<sweep dir>/ensemble_fold<k>/`` gets ``ensemble.ckpt``,
+    ``metrics.json`` and ``predictions_test.csv``. ``experiment=cpu_ensemble`` turns it on.
+    """
+
+    def __init__(self, checkpoint: str = "last.ckpt") -> None:
+        self.checkpoint = checkpoint
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        members = sorted(
+            p.parent.parent
+            for p in sweep_dir.glob(f"*/checkpoints/{self.checkpoint}")
+            if (p.parent.parent / "metrics.json").is_file()  # finished runs only
+        )
+        groups: dict[int, list[Path]] = defaultdict(list)
+        try:
+            for run in members:
+                groups[self._held_out_fold(run)].append(run)
+            for fold, runs in sorted(groups.items()):
+                if len(runs) < 2:
+                    log.warning("fold %s: one finished run (%s), no ensemble", fold, runs[0].name)
+                    continue
+                self._score(config, sweep_dir / f"ensemble_fold{fold}", runs)
+        except UserError as err:  # the runs stand; only their ensemble could not be made
+            log.error("no ensemble: %s", err)
+
+    def _held_out_fold(self, run: Path) -> int:
+        return int(json.loads((run / "metrics.json").read_text())["fold"])
+
+    def _score(self, config: DictConfig, out: Path, runs: list[Path]) -> None:
+        from esc50_lightning.build import ensemble_checkpoint
+        from esc50_lightning.evaluate import evaluate
+
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt = ensemble_checkpoint(
+            [run / "checkpoints" / self.checkpoint for run in runs], out / "ensemble.ckpt"
+        )
+        eval_cfg = OmegaConf.create(
+            {
+                "ckpt_path": str(ckpt),
+                "seed": 0,
+                "allow_train_fold": False,
+                "eval_crop": "checkpoint",
+                "paths": {"output_dir": str(out)},
+                "data": {
+                    "fold": None,  # the members' held-out fold
+                    "dataset": {"root": None},  # where the members found the data
+                    "cache_dir": OmegaConf.select(config, "data.cache_dir"),
+                    "limit_per_class": OmegaConf.select(config, "data.limit_per_class"),
+                    "eval_batch_size": OmegaConf.select(config, "data.eval_batch_size", default=64),
+                    "num_workers": 0,
+                },
+                "trainer": {
+                    "accelerator": OmegaConf.select(config, "trainer.accelerator", default="auto"),
+                    "devices": 1,
+                    "precision": "32-true",
+                    "deterministic": True,
+                    "enable_progress_bar": False,
+                },
+            }
+        )
+        metrics = evaluate(eval_cfg)
+        test = metrics["test"]
+        log.info(
+            "ensemble of %d runs (%s) on fold %s: acc %.4f, macro F1 %.4f, loss %.4f -> %s",
+            len(runs),
+            ", ".join(run.name for run in runs),
+            metrics["fold"],
+            test["acc"],
+            test["f1"],
+            test["loss"],
+            out,
+        )

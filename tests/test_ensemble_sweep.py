@@ -1,0 +1,59 @@
+"""experiment=cpu_ensemble: a sweep whose runs become one ensemble per held-out fold, scored on
+real fold-1 clips the way eval.py scores any checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import run_dirs
+
+from esc50_lightning.build import read_checkpoint
+
+# One epoch of two batches, validated (the recipe validates every 5th epoch).
+FAST = ["+trainer.limit_train_batches=2", "trainer.check_val_every_n_epoch=1"]
+
+
+def test_sweep_ends_with_its_runs_ensembled_and_scored(run_train, tmp_path: Path) -> None:
+    proc = run_train("-m", "experiment=cpu_ensemble", "seed=1,2", *FAST)
+    members = run_dirs(tmp_path / "outputs" / "train" / "multiruns")
+    assert len(members) == 2
+    for run in members:
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["epochs"] == 1 and metrics["fold"] == 1
+    (sweep,) = {run.parent for run in members}
+    out = sweep / "ensemble_fold1"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "ensemble of 2 (vgg8, vgg8)"
+    assert metrics["fold"] == 1 and metrics["clips"] == 50  # 1 clip per class of fold 1
+    assert metrics["trained"]["splits"]["train"] == [2, 3, 4, 5]
+    info = read_checkpoint(out / "ensemble.ckpt")["esc50"]
+    assert sorted(m["seed"] for m in info["members"]) == [1, 2]
+    assert sorted(Path(m["source"]).parents[1] for m in info["members"]) == members
+
+    # its figures are those of its own predictions, and of eval.py run on its checkpoint
+    predictions = pd.read_csv(out / "predictions_test.csv")
+    assert len(predictions) == 50
+    hits = (predictions.prediction == predictions.target).mean()
+    assert hits == pytest.approx(metrics["test"]["acc"], abs=1e-6)
+    assert f"{metrics['test']['acc']:.4f}" in proc.stdout  # the table printed at the end
+    evaluation = [
+        f"ckpt_path={out / 'ensemble.ckpt'}",
+        "data.limit_per_class=1",
+        "trainer.enable_progress_bar=false",
+    ]
+    run_train(*evaluation, script="eval.py", quick=False)
+    (scored,) = run_dirs(tmp_path / "outputs" / "eval")
+    again = json.loads((scored / "metrics.json").read_text())
+    assert again["clips"] == 50 and again["test"] == metrics["test"]
+
+
+def test_single_run_of_the_ensemble_recipe_says_to_sweep(run_train, tmp_path: Path) -> None:
+    proc = run_train("experiment=cpu_ensemble", *FAST)
+    assert (
+        "this is a single run (seed 42): add -m to train all members (seeds 6,7)" in proc.stderr + proc.stdout
+    )
+    (run,) = run_dirs(tmp_path / "outputs")
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
