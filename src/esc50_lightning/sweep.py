@@ -64,11 +64,20 @@ class EnsembleSweep(Callback):
     """When a sweep ends, average the predictions of its finished runs that held out the same
     fold (``esc50_lightning.build.ensemble_checkpoint``) and score that ensemble once on the fold,
     as ``python eval.py`` would: ``<sweep dir>/ensemble_fold<k>/`` gets ``ensemble.ckpt``,
-    ``metrics.json`` and ``predictions_test.csv``. ``experiment=cpu_ensemble`` turns it on.
+    ``metrics.json`` and ``predictions_test.csv``. ``experiment=cpu_ensemble`` turns it on; run
+    without ``-m``, such a config trains one member, and the callback says so.
     """
 
     def __init__(self, checkpoint: str = "last.ckpt") -> None:
         self.checkpoint = checkpoint
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        log.warning(
+            "this config averages a sweep's runs into an ensemble, but this is a single run "
+            "(seed %s): add -m to train all members (seeds %s) and score their ensemble",
+            OmegaConf.select(config, "seed"),
+            OmegaConf.select(config, "hydra.sweeper.params.seed", default="?"),
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -93,36 +102,29 @@ class EnsembleSweep(Callback):
         return int(json.loads((run / "metrics.json").read_text())["fold"])
 
     def _score(self, config: DictConfig, out: Path, runs: list[Path]) -> None:
+        from hydra import compose
+
         from esc50_lightning.build import ensemble_checkpoint
         from esc50_lightning.evaluate import evaluate
 
         out.mkdir(parents=True, exist_ok=True)
-        ckpt = ensemble_checkpoint(
-            [run / "checkpoints" / self.checkpoint for run in runs], out / "ensemble.ckpt"
-        )
-        eval_cfg = OmegaConf.create(
-            {
-                "ckpt_path": str(ckpt),
-                "seed": 0,
-                "allow_train_fold": False,
-                "eval_crop": "checkpoint",
-                "paths": {"output_dir": str(out)},
-                "data": {
-                    "fold": None,  # the members' held-out fold
-                    "dataset": {"root": None},  # where the members found the data
-                    "cache_dir": OmegaConf.select(config, "data.cache_dir"),
-                    "limit_per_class": OmegaConf.select(config, "data.limit_per_class"),
-                    "eval_batch_size": OmegaConf.select(config, "data.eval_batch_size", default=64),
-                    "num_workers": 0,
-                },
-                "trainer": {
-                    "accelerator": OmegaConf.select(config, "trainer.accelerator", default="auto"),
-                    "devices": 1,
-                    "precision": "32-true",
-                    "deterministic": True,
-                    "enable_progress_bar": False,
-                },
-            }
+        sources = [run / "checkpoints" / self.checkpoint for run in runs]
+        ckpt = ensemble_checkpoint(sources, out / "ensemble.ckpt")
+        # eval.py's own config (conf/eval.yaml, beside the sweep's), with the sweep's data options;
+        # paths quoted, so that commas or spaces in them stay part of the value.
+        limit = OmegaConf.select(config, "data.limit_per_class")
+        accelerator = OmegaConf.select(config, "trainer.accelerator", default="auto")
+        eval_cfg = compose(
+            config_name="eval",
+            overrides=[
+                f"ckpt_path='{ckpt}'",
+                f"paths.output_dir='{out}'",
+                f"data.dataset.root='{config.data.dataset.root}'",  # where the members found the data
+                f"data.cache_dir='{config.data.cache_dir}'",
+                f"data.limit_per_class={'null' if limit is None else limit}",
+                f"trainer.accelerator={accelerator}",
+                "trainer.enable_progress_bar=false",
+            ],
         )
         metrics = evaluate(eval_cfg)
         test = metrics["test"]

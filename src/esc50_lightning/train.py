@@ -37,7 +37,7 @@ def _check_config(cfg: DictConfig) -> None:
     if epochs is not None and epochs < 0:
         raise UserError(f"trainer.max_epochs={epochs} must be 0 or more")
     every = cfg.trainer.get("check_val_every_n_epoch") or 1
-    if cfg.data.get("protocol") == "cv" and epochs and epochs > 0 and epochs % every:
+    if cfg.data.get("protocol") == "cv" and epochs and epochs % every:
         raise UserError(
             f"trainer.max_epochs={epochs} is not a multiple of trainer.check_val_every_n_epoch={every}: "
             "under data.protocol=cv the final epoch is the result, and it would not be validated"
@@ -50,25 +50,6 @@ def _check_config(cfg: DictConfig) -> None:
         with open_dict(cfg):
             cfg.trainer.sync_batchnorm = False
     use_native_precision(cfg, on_cpu)
-    _warn_single_run_of_ensemble(cfg)
-
-
-def _warn_single_run_of_ensemble(cfg: DictConfig) -> None:
-    """An ensemble recipe run without ``-m`` trains one member with the default seed."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return
-    hydra_cfg = HydraConfig.get()
-    targets = [str(c.get("_target_", "")) for c in (hydra_cfg.callbacks or {}).values()]
-    if hydra_cfg.mode == RunMode.RUN and any(t.endswith("sweep.EnsembleSweep") for t in targets):
-        log.warning(
-            "this config averages a sweep's runs into an ensemble, but this is a single run "
-            "(seed %s): add -m to train all members (seeds %s) and score their ensemble",
-            cfg.get("seed"),
-            OmegaConf.select(hydra_cfg, "sweeper.params.seed", default="?"),
-        )
 
 
 def use_native_precision(cfg: DictConfig, on_cpu: bool) -> None:
