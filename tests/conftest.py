@@ -46,8 +46,17 @@ def esc50_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache shared by the whole test session (real decode once, reused)."""
-    return tmp_path_factory.mktemp("cache")
+    """A cache shared by the whole test session (real decode once, reused).
+
+    Under pytest-xdist every worker has its own base temp folder; their common parent holds one
+    cache for all of them, so a clip set is decoded once per session instead of once per worker
+    (the cache's file locks make the first worker build an entry while the others wait).
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = shared / "esc50-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def script_env(

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_dirs
+from conftest import REPO, run_dirs
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from esc50_lightning.build import read_checkpoint
 
@@ -50,10 +52,16 @@ def test_sweep_ends_with_its_runs_ensembled_and_scored(run_train, tmp_path: Path
     assert again["clips"] == 50 and again["test"] == metrics["test"]
 
 
-def test_single_run_of_the_ensemble_recipe_says_to_sweep(run_train, tmp_path: Path) -> None:
-    proc = run_train("experiment=cpu_ensemble", *FAST)
-    assert (
-        "this is a single run (seed 42): add -m to train all members (seeds 6,7)" in proc.stderr + proc.stdout
-    )
-    (run,) = run_dirs(tmp_path / "outputs")
-    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+def test_single_run_of_the_ensemble_recipe_says_to_sweep(caplog: pytest.LogCaptureFixture) -> None:
+    # Hydra calls on_run_start only for a run without -m; the callback comes from the recipe's config.
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        recipe = compose("train", ["experiment=cpu_ensemble"], return_hydra_config=True)
+        plain = compose("train", ["+hydra.callbacks.ensemble._target_=esc50_lightning.sweep.EnsembleSweep"])
+    for cfg in (recipe, plain):
+        instantiate(recipe.hydra.callbacks.ensemble).on_run_start(cfg)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "this config averages a sweep's runs into an ensemble, but this is a single run (seed 42): "
+        "add -m to train all members (seeds 6,7) and score their ensemble",
+        "this config averages a sweep's runs into an ensemble, but this is a single run (seed 42): "
+        "add -m to train several seeds (e.g. seed=1,2) and score their ensemble",
+    ]

@@ -12,6 +12,8 @@ from hydra import compose, initialize_config_dir
 
 from esc50_lightning.run_dirs import claim_dir
 
+TWO_BATCHES = ["+trainer.limit_train_batches=2"]  # a whole run, quickly: the folders are the point
+
 
 def test_a_taken_name_gets_the_next_suffix(tmp_path: Path) -> None:
     base = tmp_path / "outputs" / "train" / "runs" / "2026-01-01_00-00-00_esc50_vgg8_fold1"
@@ -41,7 +43,14 @@ def test_two_trainings_started_together_do_not_share_a_folder(esc50_root, cache_
     base = tmp_path / "outputs" / "train" / "runs" / "same_second"
     procs = [
         subprocess.Popen(
-            [sys.executable, "train.py", *QUICK, f"seed={seed}", f"hydra.run.dir=${{unique_dir:{base}}}"],
+            [
+                sys.executable,
+                "train.py",
+                *QUICK,
+                *TWO_BATCHES,
+                f"seed={seed}",
+                f"hydra.run.dir=${{unique_dir:{base}}}",
+            ],
             cwd=REPO,
             env={**env, "OMP_NUM_THREADS": "1"},
             stdout=subprocess.PIPE,

@@ -114,7 +114,11 @@ def test_last_checkpoint_written_every_epoch_even_without_a_new_best(run_train, 
     # logger=none: the default callbacks include a learning-rate monitor, which Lightning refuses
     # without a logger; the run must train anyway and write no TensorBoard folder.
     run_train(
-        "trainer.max_epochs=2", "callbacks.model_checkpoint.every_n_epochs=5", "model=cnn4", "logger=none"
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=2",
+        "callbacks.model_checkpoint.every_n_epochs=5",
+        "model=cnn4",
+        "logger=none",
     )
     (run,) = run_dirs(tmp_path / "outputs")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]

@@ -72,11 +72,13 @@ class EnsembleSweep(Callback):
         self.checkpoint = checkpoint
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        seeds = OmegaConf.select(config, "hydra.sweeper.params.seed")
+        members = f"all members (seeds {seeds})" if seeds else "several seeds (e.g. seed=1,2)"
         log.warning(
             "this config averages a sweep's runs into an ensemble, but this is a single run "
-            "(seed %s): add -m to train all members (seeds %s) and score their ensemble",
+            "(seed %s): add -m to train %s and score their ensemble",
             OmegaConf.select(config, "seed"),
-            OmegaConf.select(config, "hydra.sweeper.params.seed", default="?"),
+            members,
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
