@@ -46,7 +46,8 @@ def test_sweep_ends_with_its_runs_ensembled_and_scored(run_train, tmp_path: Path
         "data.limit_per_class=1",
         "trainer.enable_progress_bar=false",
     ]
-    run_train(*evaluation, script="eval.py", quick=False)
+    shown = run_train(*evaluation, script="eval.py", quick=False).stdout
+    assert "ensemble.ckpt" in shown and "epoch None" not in shown  # members' epochs differ: none shown
     (scored,) = run_dirs(tmp_path / "outputs" / "eval")
     again = json.loads((scored / "metrics.json").read_text())
     assert again["clips"] == 50 and again["test"] == metrics["test"]

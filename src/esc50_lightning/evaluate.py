@@ -121,5 +121,6 @@ def print_evaluation(metrics: dict[str, Any], run_dir: Path, console: Console | 
     console.print(table)
     if metrics["on_seen_fold"]:
         console.print(f"warning: the checkpoint was trained on fold {metrics['fold']}: not an evaluation")
-    console.print(f"checkpoint: {metrics['checkpoint']} (epoch {metrics['checkpoint_epoch']})")
+    epoch = metrics["checkpoint_epoch"]  # None for an ensemble: its members' epochs differ
+    console.print(f"checkpoint: {metrics['checkpoint']}" + (f" (epoch {epoch})" if epoch is not None else ""))
     console.print(f"metrics: {run_dir / 'metrics.json'}")
