@@ -22,7 +22,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def run_metrics(
-    history: list[dict[str, float]], test: dict[str, float], info: dict[str, Any], epochs: int | None = None
+    history: list[dict[str, float]], test: dict[str, float], info: dict[str, Any], epochs: int
 ) -> dict:
     """The run's figures, each labelled with the protocol it comes from.
 
@@ -41,7 +41,7 @@ def run_metrics(
         "protocol": data["protocol"],
         "fold": data["fold"],
         "splits": data["splits"],
-        "epochs": len(history) if epochs is None else epochs,
+        "epochs": epochs,
     }
     if history:
         last = history[-1]

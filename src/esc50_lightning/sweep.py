@@ -83,15 +83,12 @@ class EnsembleSweep(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        members = sorted(
-            p.parent.parent
-            for p in sweep_dir.glob(f"*/checkpoints/{self.checkpoint}")
-            if (p.parent.parent / "metrics.json").is_file()  # finished runs only
-        )
-        groups: dict[int, list[Path]] = defaultdict(list)
+        groups: dict[int, list[Path]] = defaultdict(list)  # held-out fold -> finished runs
+        for ckpt in sorted(sweep_dir.glob(f"*/checkpoints/{self.checkpoint}")):
+            metrics = ckpt.parent.parent / "metrics.json"
+            if metrics.is_file():  # finished runs only
+                groups[int(json.loads(metrics.read_text())["fold"])].append(metrics.parent)
         try:
-            for run in members:
-                groups[self._held_out_fold(run)].append(run)
             for fold, runs in sorted(groups.items()):
                 if len(runs) < 2:
                     log.warning("fold %s: one finished run (%s), no ensemble", fold, runs[0].name)
@@ -99,9 +96,6 @@ class EnsembleSweep(Callback):
                 self._score(config, sweep_dir / f"ensemble_fold{fold}", runs)
         except UserError as err:  # the runs stand; only their ensemble could not be made
             log.error("no ensemble: %s", err)
-
-    def _held_out_fold(self, run: Path) -> int:
-        return int(json.loads((run / "metrics.json").read_text())["fold"])
 
     def _score(self, config: DictConfig, out: Path, runs: list[Path]) -> None:
         from hydra import compose
