@@ -22,27 +22,57 @@ def steps_per_batch(factory: Callable[..., Any]) -> bool:
     return "total_steps" in inspect.signature(factory).parameters
 
 
-def warmup_cosine(
-    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05, final_lr_fraction: float = 0.0
-) -> LambdaLR:
+class WarmupCosine(LambdaLR):
     """Linear warm-up over ``warmup_fraction`` of training, then cosine decay to
     ``final_lr_fraction`` of the peak rate (zero by default). A floor above zero keeps the weights
     moving at the end, so a moving average of them (the EMA callback) averages distinct models,
-    as in stochastic weight averaging, instead of copies of the last one."""
-    if not 0.0 <= warmup_fraction < 1.0:
-        raise UserError(f"optim.scheduler.warmup_fraction={warmup_fraction} must be in [0, 1)")
-    if not 0.0 <= final_lr_fraction <= 1.0:
-        raise UserError(f"optim.scheduler.final_lr_fraction={final_lr_fraction} must be in [0, 1]")
-    warmup = max(1, int(total_steps * warmup_fraction))
+    as in stochastic weight averaging, instead of copies of the last one.
 
-    def factor(step: int) -> float:
+    ``replan`` changes the run's length while it trains: a time budget
+    (``esc50_lightning.time_budget``) learns the machine's speed as it goes, and the schedule
+    then ends its decay on the new last step instead of being cut off.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        warmup_fraction: float = 0.05,
+        final_lr_fraction: float = 0.0,
+    ):
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise UserError(f"optim.scheduler.warmup_fraction={warmup_fraction} must be in [0, 1)")
+        if not 0.0 <= final_lr_fraction <= 1.0:
+            raise UserError(f"optim.scheduler.final_lr_fraction={final_lr_fraction} must be in [0, 1]")
+        # Plain attributes: LambdaLR's state_dict saves them, so a resumed run keeps its plan.
+        self.total_steps = total_steps
+        self.warmup_fraction = warmup_fraction
+        self.final_lr_fraction = final_lr_fraction
+        super().__init__(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        """The learning rate at optimiser step ``step``, as a share of the peak rate."""
+        warmup = max(1, int(self.total_steps * self.warmup_fraction))
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-        return final_lr_fraction + (1.0 - final_lr_fraction) * cosine
+        return self.final_lr_fraction + (1.0 - self.final_lr_fraction) * cosine
 
-    return LambdaLR(optimizer, factor)
+    def replan(self, total_steps: int) -> None:
+        """Make the run ``total_steps`` optimiser steps long, from the next step on."""
+        self.total_steps = total_steps
+        share = self.factor(self.last_epoch)  # LambdaLR counts steps in last_epoch
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * share
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def warmup_cosine(
+    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05, final_lr_fraction: float = 0.0
+) -> WarmupCosine:
+    """``WarmupCosine``, under the name configs and saved checkpoints name (optim=adamw_cosine)."""
+    return WarmupCosine(optimizer, total_steps, warmup_fraction, final_lr_fraction)
 
 
 def ema_multi_avg_fn(decay: float = 0.998) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:

@@ -20,6 +20,7 @@ from esc50_lightning.checkpoint_io import AtomicCheckpointIO
 from esc50_lightning.errors import UserError
 from esc50_lightning.hardware import cpu_has_native_bf16, cpu_model
 from esc50_lightning.results import print_summary, run_metrics, save_metrics, write_predictions
+from esc50_lightning.time_budget import check_time_budget
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +172,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run_dir,
     )
     module = build_module(cfg, class_names, logmel)
-    if _local_rank() == 0:
-        # Check every audio file and build the caches before Lightning launches other processes
-        # (DDP): a data problem is then reported once, not also as a broken link on every rank.
-        datamodule.prepare_data()
     module.run_info = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "data": datamodule.describe(),
@@ -185,6 +182,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
         # Lightning refuses a learning-rate monitor without a logger; logger=none means "log nothing".
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    check_time_budget(callbacks, module.scheduler_factory, cfg.trainer.get("max_epochs"))
+    if _local_rank() == 0:
+        # Check every audio file and build the caches before Lightning launches other processes
+        # (DDP): a data problem is then reported once, not also as a broken link on every rank.
+        datamodule.prepare_data()
     plugins = [instantiate(p) if isinstance(p, DictConfig) else p for p in cfg.trainer.get("plugins") or []]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())  # never a half-written last.ckpt after kill -9
