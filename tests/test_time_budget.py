@@ -29,6 +29,18 @@ def test_epochs_that_fit(done: int, left: float, epoch_s: float, every: int, cap
     assert epochs_that_fit(done, left, epoch_s, every, cap) == expected
 
 
+def test_a_longer_plan_needs_an_epoch_to_spare() -> None:
+    # 105 epochs planned; at epoch 51, 545 s fit 54.5 more epochs of 10 s: 105 again, no change.
+    assert epochs_that_fit(51, 545.0, 10.0, 5, 150, planned=105) == 105
+    # 595 s fit 59.5 more (110 by the clock), but 585 s (an epoch to spare) fit only 109: keep 105.
+    assert epochs_that_fit(51, 595.0, 10.0, 5, 150, planned=105) == 105
+    assert epochs_that_fit(51, 595.0, 10.0, 5, 150) == 110  # a first plan has nothing to keep
+    # 610 s fit 110 even with an epoch to spare: grow.
+    assert epochs_that_fit(51, 610.0, 10.0, 5, 150, planned=105) == 110
+    # A shorter plan is taken at once: the deadline comes first.
+    assert epochs_that_fit(51, 480.0, 10.0, 5, 150, planned=105) == 95
+
+
 def test_a_resumed_run_counts_the_time_already_trained() -> None:
     budget = TimeBudget(minutes=1)
     budget.load_state_dict({"seconds_spent": 42.0, "recent": [3.0, 4.0]})

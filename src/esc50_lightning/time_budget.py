@@ -28,14 +28,27 @@ from esc50_lightning.schedules import steps_per_batch
 log = logging.getLogger(__name__)
 
 
-def epochs_that_fit(done: int, seconds_left: float, epoch_seconds: float, every: int, cap: int) -> int:
+def epochs_that_fit(
+    done: int, seconds_left: float, epoch_seconds: float, every: int, cap: int, planned: int | None = None
+) -> int:
     """The run's epoch count: ``done`` plus as many epochs of ``epoch_seconds`` as fit in
     ``seconds_left``, rounded down to a validated epoch (a multiple of ``every``). Never below
     the end of the current validation period (its last epoch must be scored), never above ``cap``.
+
+    Given the current plan (``planned``), a longer plan is taken only when it fits with an epoch
+    to spare: on a clock near a period's boundary the plan, and the schedule's length with it,
+    would otherwise flip between two lengths from epoch to epoch.
     """
-    more = math.floor(max(0.0, seconds_left) / epoch_seconds) if epoch_seconds > 0 else cap
-    period_end = math.ceil(done / every) * every
-    return min(cap, max(period_end, (done + more) // every * every))
+
+    def fit(seconds: float) -> int:
+        more = math.floor(max(0.0, seconds) / epoch_seconds) if epoch_seconds > 0 else cap
+        period_end = math.ceil(done / every) * every
+        return min(cap, max(period_end, (done + more) // every * every))
+
+    fits = fit(seconds_left)
+    if planned is not None and fits > planned and fit(seconds_left - epoch_seconds) <= planned:
+        return max(planned, math.ceil(done / every) * every)
+    return fits
 
 
 class TimeBudget(Callback):
@@ -86,7 +99,7 @@ class TimeBudget(Callback):
         every = trainer.check_val_every_n_epoch or 1
         epoch_seconds = sum(self._recent) / len(self._recent)
         left = self.minutes * 60.0 - self.seconds_spent()
-        planned = epochs_that_fit(done, left, epoch_seconds, every, self._cap)
+        planned = epochs_that_fit(done, left, epoch_seconds, every, self._cap, self._planned)
         # Every DDP rank must stop on the same epoch: rank 0's clock decides.
         planned = int(trainer.strategy.broadcast(planned, src=0))
         trainer.fit_loop.max_epochs = planned
