@@ -56,9 +56,9 @@ class TimeBudget(Callback):
     learning-rate schedule complete. ``minutes=None`` turns it off (train ``max_epochs``).
 
     The clock starts when training starts (the decode cache is built before) and carries over a
-    resume. ``window`` epochs, the latest, give the speed. Planning is in whole validation periods,
-    so the run ends at most one period's time early; a machine that slows down after the last
-    plan can still overrun by that period's slowdown.
+    resume. ``window`` epochs, the latest, give the speed. Planning is in whole validation periods
+    (and a longer plan needs an epoch to spare), so a run ends up to a period and an epoch early;
+    a machine that slows down after the last plan can still overrun by that period's slowdown.
     """
 
     def __init__(self, minutes: float | None = None, window: int = 10):
