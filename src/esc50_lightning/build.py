@@ -16,7 +16,7 @@ from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel
 from esc50_lightning.features.frontend import SAME_AS_CROP, CropSize, clip_samples
 from esc50_lightning.models.blocks import InputNorm
-from esc50_lightning.schedules import steps_per_batch
+from esc50_lightning.schedules import try_schedule
 
 # ``eval_crop`` value (eval.py, build) meaning "keep the cut the checkpoint was configured with".
 KEEP_EVAL_CROP = "checkpoint"
@@ -102,10 +102,8 @@ def build_scheduler(optim: DictConfig) -> SchedulerFactory | None:
     if not optim.get("scheduler"):
         return None
     factory = instantiate(optim.scheduler)
-    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    kwargs = {"total_steps": 100} if steps_per_batch(factory) else {}
     try:
-        factory(probe, **kwargs)
+        try_schedule(factory)
     except (ValueError, TypeError) as err:
         raise UserError(f"optim.scheduler ({optim.scheduler.get('_target_')}): {err}") from err
     return factory

@@ -22,6 +22,14 @@ def steps_per_batch(factory: Callable[..., Any]) -> bool:
     return "total_steps" in inspect.signature(factory).parameters
 
 
+def try_schedule(factory: Callable[..., Any]) -> Any:
+    """The schedule ``factory`` builds on a throwaway one-parameter optimiser (100 steps long
+    where it counts steps): to check a config's settings, or what kind of schedule it makes,
+    before a run starts."""
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return factory(probe, **({"total_steps": 100} if steps_per_batch(factory) else {}))
+
+
 class WarmupCosine(LambdaLR):
     """Linear warm-up over ``warmup_fraction`` of training, then cosine decay to
     ``final_lr_fraction`` of the peak rate (zero by default). A floor above zero keeps the weights

@@ -19,11 +19,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 
 from esc50_lightning.errors import UserError
-from esc50_lightning.schedules import steps_per_batch
+from esc50_lightning.schedules import steps_per_batch, try_schedule
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +39,15 @@ def epochs_that_fit(
     would otherwise flip between two lengths from epoch to epoch.
     """
 
+    period_end = math.ceil(done / every) * every
+
     def fit(seconds: float) -> int:
         more = math.floor(max(0.0, seconds) / epoch_seconds) if epoch_seconds > 0 else cap
-        period_end = math.ceil(done / every) * every
         return min(cap, max(period_end, (done + more) // every * every))
 
     fits = fit(seconds_left)
     if planned is not None and fits > planned and fit(seconds_left - epoch_seconds) <= planned:
-        return max(planned, math.ceil(done / every) * every)
+        return planned  # training goes on only while done < planned: it still covers this period
     return fits
 
 
@@ -138,8 +138,7 @@ def check_time_budget(
         )
     if scheduler_factory is None or not steps_per_batch(scheduler_factory):
         return  # constant or per-epoch rates: stopping early leaves them as they are
-    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    if not hasattr(scheduler_factory(probe, total_steps=100), "replan"):
+    if not hasattr(try_schedule(scheduler_factory), "replan"):
         name = getattr(scheduler_factory, "func", scheduler_factory)
         raise UserError(
             f"callbacks.time_budget cannot shorten {getattr(name, '__name__', name)}'s schedule to the "
