@@ -97,12 +97,20 @@ def test_every_config_option_composes_and_instantiates(override, monkeypatch, tm
             "train", overrides=[override, "paths.output_dir=" + str(tmp_path)], return_hydra_config=False
         )
     from esc50_lightning.build import build_module
+    from esc50_lightning.time_budget import check_time_budget
 
-    module = build_module(cfg, [f"c{i}" for i in range(50)])
-    assert module.net is not None
-    for name, callback in (cfg.callbacks or {}).items():
-        if callback:
-            assert instantiate(callback) is not None, name
+    module = build_module(cfg, [f"c{i}" for i in range(50)]).eval()
+    callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
+    assert all(c is not None for c in callbacks.values()), callbacks
+    # A time budget needs an epoch cap and a schedule it can re-plan; the final epoch must be scored.
+    check_time_budget(callbacks.values(), module.scheduler_factory, cfg.trainer.max_epochs)
+    every = cfg.trainer.get("check_val_every_n_epoch") or 1
+    assert not cfg.trainer.max_epochs or cfg.trainer.max_epochs % every == 0
+    # The network scores a batch of the shape evaluation gives it: two whole clips.
+    dataset = cfg.data.dataset
+    with torch.no_grad():
+        logits = module(module.features(torch.randn(2, int(dataset.sample_rate * dataset.clip_seconds))))
+    assert logits.shape == (2, 50) and torch.isfinite(logits).all()
     needs_gpu = cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available()
     if cfg.trainer.get("strategy") != "ddp" and not needs_gpu:  # those are exercised where they run
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
@@ -125,3 +133,19 @@ def test_last_checkpoint_written_every_epoch_even_without_a_new_best(run_train, 
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 1 and len(ckpt["esc50"]["history"]) == 2
     assert (run / "metrics.json").is_file() and not (run / "tensorboard").exists()
+
+
+def test_cpu_hour_is_cpu_bc_swa_trained_for_a_57_minute_budget():
+    """The shipped model was started with these overrides; experiment=cpu_hour must compose the same."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        hour = compose("train", overrides=["experiment=cpu_hour"])
+        started_as = compose(
+            "train",
+            overrides=[
+                "experiment=cpu_bc_swa",
+                "callbacks.time_budget.minutes=57",
+                "trainer.max_epochs=250",
+                "trainer.check_val_every_n_epoch=5",
+            ],
+        )
+    assert hour == started_as
