@@ -3,11 +3,11 @@
 import hydra
 from omegaconf import DictConfig
 
-from esc50_lightning.cli import guarded_task
-from esc50_lightning.train import train
+from esc50_lightning.hydra_ext.task import guarded_task
+from esc50_lightning.tasks.train import train
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://esc50_lightning.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = guarded_task(train, cfg)
     return metrics.get("headline", {}).get("acc") if metrics else None

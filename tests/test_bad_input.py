@@ -136,7 +136,7 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
     spec = DatasetSpec(name="esc50", root=str(root), folds=[1, 2, 3, 4, 5], num_classes=50)
     dm = FoldedAudioDataModule(spec, cache_dir=str(tmp_path / "cache"), cache_features=False)
     with caplog.at_level(logging.WARNING):
-        waves = np.asarray(dm._waveforms(dm.table))
+        waves = np.asarray(dm.store.waveforms(dm.table))
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert f"1 clip(s) averaged to mono: {audio / names[0]} (2 channels)" in warnings
@@ -163,12 +163,12 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
         ),
         (["model=transformer"], "Could not find 'model/transformer'"),
         (
-            ["experiment=cpu_fp32", "model.net.input_bn=64"],
+            ["experiment=vgg8_mixup", "model.net.input_bn=64"],
             "error: model.net.input_bn=64, but features.crop gives the network 56 mel rows: "
             "set model.net.input_bn=56",
         ),
         (
-            ["experiment=cpu_fp32_bn", "features.eval_crop=[64,null]"],
+            ["experiment=vgg8_mixup", "model.net.input_bn=56", "features.eval_crop=[64,null]"],
             "error: model.net.input_bn=56 matches the training crop, but features.eval_crop gives "
             "the network 64 mel rows",
         ),

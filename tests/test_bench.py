@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import run_script
 
-from esc50_lightning.hardware import cpu_has_native_bf16
+from esc50_lightning.training.precision import cpu_has_native_bf16
 
 # The fast variant the machine can run: bf16 is emulated (several times slower) without bf16 instructions.
 FAST = "bf16+cl" if cpu_has_native_bf16() is not False else "fp32+cl"

@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m esc50_lightning.bench_loop``: framework vs bare loop on real clips.
+"""Smoke test of ``python -m esc50_lightning.bench.loop``: framework vs bare loop on real clips.
 
 Timings are never asserted: only that both sides ran every epoch and the report adds up.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import QUICK, run_script, script_env
 
-from esc50_lightning import bench_loop
-from esc50_lightning.bench_loop import side_order
+from esc50_lightning.bench import loop as bench_loop
+from esc50_lightning.bench.loop import side_order
 
 
 def test_bench_loop_times_both_sides_and_reports_their_ratio(
@@ -23,7 +23,7 @@ def test_bench_loop_times_both_sides_and_reports_their_ratio(
     out = tmp_path / "loop.json"
     overrides = [o for o in QUICK if not o.startswith("trainer.max_epochs")]
     overrides += ["model=cnn4", "augmentation=mixup", "optim=adamw_onecycle", "features.crop=[64,128]"]
-    args = ["-m", "esc50_lightning.bench_loop", "--epochs", "2", "--rounds", "1", "--json", str(out)]
+    args = ["-m", "esc50_lightning.bench.loop", "--epochs", "2", "--rounds", "1", "--json", str(out)]
     proc = run_script([*args, *overrides], env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     raw = json.loads(out.read_text())

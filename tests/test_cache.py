@@ -26,16 +26,17 @@ import sys, time
 from pathlib import Path
 import numpy as np
 from esc50_lightning.data import FoldedAudioDataModule
+from esc50_lightning.data.store import ClipStore
 from esc50_lightning.data.table import DatasetSpec
 from esc50_lightning.features import LogMel
 
 root, cache, go, out = sys.argv[1:5]
-original = FoldedAudioDataModule._decode_all
+original = ClipStore.decode_all
 def slow_decode(self, table):
     print("DECODING", flush=True)
     time.sleep(2.0)
     return original(self, table)
-FoldedAudioDataModule._decode_all = slow_decode
+ClipStore.decode_all = slow_decode
 spec = DatasetSpec(name="esc50", root=root, folds=[1, 2, 3, 4, 5], num_classes=50)
 dm = FoldedAudioDataModule(spec, cache_dir=cache, cache_features=True, frontend=LogMel())
 Path(out + ".ready").touch()
@@ -43,8 +44,8 @@ while not Path(go).exists():
     time.sleep(0.01)
 dm.prepare_data()
 dm.setup("fit")
-np.save(out, np.asarray(dm._features(dm.table)))
-np.save(out.replace(".npy", "-wave.npy"), np.asarray(dm._waveforms(dm.table)))
+np.save(out, np.asarray(dm.store.features(dm.table)))
+np.save(out.replace(".npy", "-wave.npy"), np.asarray(dm.store.waveforms(dm.table)))
 """
 
 
@@ -86,7 +87,7 @@ def test_two_processes_build_the_cache_once(esc50_root: Path, tmp_path: Path) ->
     assert features[0].shape == (10, 128, 431) and np.array_equal(features[0], features[1])
     assert waves[0].shape == (10, 220500) and np.array_equal(waves[0], waves[1])
     fresh = _dm(root, tmp_path / "fresh-cache")
-    assert np.array_equal(waves[0], np.asarray(fresh._waveforms(fresh.table)))  # same as a lone build
+    assert np.array_equal(waves[0], np.asarray(fresh.store.waveforms(fresh.table)))  # same as a lone build
     entries = sorted(p.name for p in (cache / "esc50").iterdir())
     assert len([e for e in entries if e.endswith(".npy")]) == 2  # one waveform and one log-mel entry
     assert not [e for e in entries if e.endswith(".tmp")]
@@ -100,28 +101,28 @@ def test_truncated_or_stale_cache_is_rebuilt(
     names = list(make_subset(esc50_root, root).filename)
     caplog.set_level(logging.INFO)
     dm = _dm(root, cache)
-    good = np.array(dm._waveforms(dm.table))
+    good = np.array(dm.store.waveforms(dm.table))
     (npy,) = (cache / "esc50").glob("waveforms-*.npy")
     marker = npy.with_suffix(".json")
     assert _built(caplog) == 1
 
     # Reading again uses the cache.
-    assert np.array_equal(_dm(root, cache)._waveforms(dm.table), good)
+    assert np.array_equal(_dm(root, cache).store.waveforms(dm.table), good)
     assert _built(caplog) == 1
 
     # A truncated array (a crash mid-copy, a full disk) is detected and rebuilt.
     npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])
-    assert np.array_equal(_dm(root, cache)._waveforms(dm.table), good)
+    assert np.array_equal(_dm(root, cache).store.waveforms(dm.table), good)
     assert _built(caplog) == 2 and npy.stat().st_size == json.loads(marker.read_text())["bytes"]
 
     # A marker that disagrees with the array (stale shape), or none at all, means rebuild.
     meta = json.loads(marker.read_text())
     marker.write_text(json.dumps({**meta, "shape": [len(names) + 1, meta["shape"][1]]}))
-    assert np.array_equal(_dm(root, cache)._waveforms(dm.table), good)
+    assert np.array_equal(_dm(root, cache).store.waveforms(dm.table), good)
     assert _built(caplog) == 3
     marker.unlink()
     (cache / "esc50" / f".{npy.stem}.abc.npy.tmp").write_bytes(b"half")  # a killed writer's leftover
-    assert np.array_equal(_dm(root, cache)._waveforms(dm.table), good)
+    assert np.array_equal(_dm(root, cache).store.waveforms(dm.table), good)
     assert _built(caplog) == 4
     assert not list((cache / "esc50").glob("*.tmp"))
 
@@ -129,7 +130,7 @@ def test_truncated_or_stale_cache_is_rebuilt(
     clip, rate = sf.read(root / "audio" / names[0], dtype="float32")
     sf.write(root / "audio" / names[0], clip[::-1], rate)
     dm2 = _dm(root, cache)
-    fresh = np.asarray(dm2._waveforms(dm2.table))
+    fresh = np.asarray(dm2.store.waveforms(dm2.table))
     assert _built(caplog) == 5
     assert not np.array_equal(fresh[0], good[0]) and np.array_equal(fresh[1:], good[1:])
     assert np.abs(fresh[0].astype(int) - np.round(clip[::-1] * 32767).astype(int)).max() <= 1

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from esc50_lightning import checkpoint_io
-from esc50_lightning.checkpoint_io import AtomicCheckpointIO
+from esc50_lightning.checkpoints import io as checkpoint_io
+from esc50_lightning.checkpoints.io import AtomicCheckpointIO
 
 
 def test_interrupted_save_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,15 +11,16 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from conftest import REPO, run_dirs
+from conftest import run_dirs
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from us8k_like import make_us8k_like, us8k_overrides
 
-from esc50_lightning.build import build_logmel
+from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.data import DatasetSpec, FoldedAudioDataModule, read_table
 from esc50_lightning.errors import DataError
+from esc50_lightning.factory import build_logmel
 
 ESC10_NAMES = [  # ESC-50 target order: 0, 1, 10, 11, 12, 20, 21, 38, 40, 41
     "dog",
@@ -36,7 +37,7 @@ ESC10_NAMES = [  # ESC-50 target order: 0, 1, 10, 11, 12, 20, 21, 38, 40, 41
 
 
 def config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=list(overrides), return_hydra_config=False)
 
 
@@ -92,7 +93,7 @@ def test_us8k_like_clips_become_mono_4s_at_the_configured_rate(
     assert dm.splits == {"train": [f for f in range(2, 11)], "val": [1], "test": [1]}
     assert dm.class_names == ESC10_NAMES  # names come from the `class` column
     assert len(dm.sets["train"]) == 90 and len(dm.sets["val"]) == 10
-    waves = dm._waveforms(table)
+    waves = dm.store.waveforms(table)
     assert waves.shape == (100, 4 * 22050)
 
     # A stereo 48 kHz clip: the cache holds the channel mean (0.75 x the source) at 22.05 kHz,

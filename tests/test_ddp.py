@@ -13,7 +13,8 @@ from hydra.utils import instantiate
 from minids import make_subset
 from omegaconf import OmegaConf
 
-from esc50_lightning.build import build_logmel, load_classifier
+from esc50_lightning.checkpoints.record import load_classifier
+from esc50_lightning.factory import build_logmel
 
 
 def test_ddp_two_processes_match_a_single_process(esc50_root: Path, tmp_path: Path) -> None:

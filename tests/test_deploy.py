@@ -17,8 +17,8 @@ import torch
 import torchaudio.functional as AF
 from conftest import QUICK, REPO, run_dirs, script_env
 
-from esc50_lightning import build, predict
-from esc50_lightning.build import load_classifier
+from esc50_lightning import pack, predict
+from esc50_lightning.checkpoints.record import load_classifier
 from esc50_lightning.data.audio import fit_length, read_mono
 
 SR = 44100
@@ -91,7 +91,7 @@ def test_build_sets_the_cut_eval_scores_and_eval_can_override_it(
 ) -> None:
     """``build --eval-crop`` records a whole-clip cut; eval.py scores it, or any cut it is given."""
     whole = tmp_path / "whole.ckpt"
-    build.main([str(trained["ckpt"]), str(whole), "--eval-crop", "100,null"])
+    pack.main([str(trained["ckpt"]), str(whole), "--eval-crop", "100,null"])
     module, info = load_classifier(whole)
     assert module.features.output_shape == (100, 384)  # training cut unchanged
     assert module.features.eval_shape == (100, 431)  # every frame of the 5 s clip
@@ -115,7 +115,7 @@ def test_build_sets_the_cut_eval_scores_and_eval_can_override_it(
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        build.main([str(trained["ckpt"]), str(tmp_path / "bad.ckpt"), "--eval-crop", "200,null"])
+        pack.main([str(trained["ckpt"]), str(tmp_path / "bad.ckpt"), "--eval-crop", "200,null"])
     assert exit_info.value.code == 2
     assert "features.eval_crop=[200, None] does not fit the spectrogram 128x431" in capsys.readouterr().err
     assert not (tmp_path / "bad.ckpt").exists()
@@ -138,7 +138,7 @@ def test_ensemble_checkpoint_averages_member_probabilities(trained: dict, tmp_pa
     first = trained["ckpt"]
     second = _perturbed_copy(first, tmp_path / "second.ckpt")
     ensemble = tmp_path / "ensemble.ckpt"
-    build = ["-m", "esc50_lightning.build", str(first), str(second), str(ensemble), "--fp32"]
+    build = ["-m", "esc50_lightning.pack", str(first), str(second), str(ensemble), "--fp32"]
     proc = _python(build, trained["env"])
     assert proc.returncode == 0, proc.stderr
     module, info = load_classifier(ensemble)
@@ -168,7 +168,7 @@ def test_ensemble_refuses_members_trained_on_other_folds(trained: dict, tmp_path
     splits = {"train": [1, 3, 4, 5], "val": [2], "test": [2]}
     other = _perturbed_copy(first, tmp_path / "fold2.ckpt", fold=2, splits=splits)
     ensemble = tmp_path / "ensemble.ckpt"
-    proc = _python(["-m", "esc50_lightning.build", str(first), str(other), str(ensemble)], trained["env"])
+    proc = _python(["-m", "esc50_lightning.pack", str(first), str(other), str(ensemble)], trained["env"])
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{other}: data fold 2 differs" in proc.stderr

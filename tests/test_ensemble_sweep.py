@@ -1,4 +1,4 @@
-"""experiment=cpu_ensemble: a sweep whose runs become one ensemble per held-out fold, scored on
+"""hydra/callbacks=ensemble: a sweep whose runs become one ensemble per held-out fold, scored on
 real fold-1 clips the way eval.py scores any checkpoint."""
 
 from __future__ import annotations
@@ -8,18 +8,27 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_dirs
+from conftest import run_dirs
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import open_dict
 
-from esc50_lightning.build import read_checkpoint
+from esc50_lightning.checkpoints.record import read_checkpoint
+from esc50_lightning.conf import CONF_DIR
 
 # One epoch of two batches, validated (the recipe validates every 5th epoch).
 FAST = ["+trainer.limit_train_batches=2", "trainer.check_val_every_n_epoch=1"]
 
 
 def test_sweep_ends_with_its_runs_ensembled_and_scored(run_train, tmp_path: Path) -> None:
-    proc = run_train("-m", "experiment=cpu_ensemble", "seed=1,2", *FAST)
+    proc = run_train(
+        "-m",
+        "experiment=vgg8_bc_hour",
+        "hydra/callbacks=ensemble",
+        "hydra/launcher=local_parallel",
+        "seed=1,2",
+        *FAST,
+    )
     members = run_dirs(tmp_path / "outputs" / "train" / "multiruns")
     assert len(members) == 2
     for run in members:
@@ -54,12 +63,15 @@ def test_sweep_ends_with_its_runs_ensembled_and_scored(run_train, tmp_path: Path
 
 
 def test_single_run_of_the_ensemble_recipe_says_to_sweep(caplog: pytest.LogCaptureFixture) -> None:
-    # Hydra calls on_run_start only for a run without -m; the callback comes from the recipe's config.
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        recipe = compose("train", ["experiment=cpu_ensemble"], return_hydra_config=True)
-        plain = compose("train", ["+hydra.callbacks.ensemble._target_=esc50_lightning.sweep.EnsembleSweep"])
-    for cfg in (recipe, plain):
-        instantiate(recipe.hydra.callbacks.ensemble).on_run_start(cfg)
+    # Hydra calls on_run_start only for a run without -m; the callback comes from hydra/callbacks=ensemble.
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        plain = compose("train", ["hydra/callbacks=ensemble"], return_hydra_config=True)
+    # a sweep config that names its seeds (hydra.sweeper.params) is told which to train
+    named = plain.copy()
+    with open_dict(named):
+        named.hydra.sweeper.params = {"seed": "6,7"}
+    for cfg in (named, plain):
+        instantiate(plain.hydra.callbacks.ensemble).on_run_start(cfg)
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         "this config averages a sweep's runs into an ensemble, but this is a single run (seed 42): "
         "add -m to train all members (seeds 6,7) and score their ensemble",

@@ -11,7 +11,7 @@ import torch
 from esc50_lightning.data.audio import fit_length, read_mono
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel, SpecAugment
-from esc50_lightning.features.frontend import resolve_crop
+from esc50_lightning.features.extractor import resolve_crop
 
 
 @pytest.fixture(scope="module")

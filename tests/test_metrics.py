@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from esc50_lightning.classifier import AudioClassifier
 from esc50_lightning.features import FeatureExtractor, LogMel
 from esc50_lightning.models import CNN4
+from esc50_lightning.training.classifier import AudioClassifier
 
 
 def _hand_metrics(y: np.ndarray, pred: np.ndarray, n: int) -> dict[str, float]:

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from conftest import run_dirs
 
-from esc50_lightning.classifier import AudioClassifier
 from esc50_lightning.features import FeatureExtractor, LogMel, mix_as_sounds
 from esc50_lightning.models import CNN4
+from esc50_lightning.training.classifier import AudioClassifier
 
 # A dog bark, a chainsaw, a rooster and rain: clips of very different loudness and spectra.
 CLIPS = ["1-100032-A-0.wav", "1-19898-A-41.wav", "1-26806-A-1.wav", "1-17367-A-10.wav"]

@@ -64,7 +64,7 @@ def test_avgmax_pooling_counts_a_short_event_fully():
         logits[pooling] = head(x).item()
     assert logits["avg"] == pytest.approx(4 * 0.01)  # diluted by the 99 silent frames
     assert logits["avgmax"] == pytest.approx(4 * (1.0 + 0.01))
-    with pytest.raises(ValueError, match="pooling='max'"):
+    with pytest.raises(UserError, match="pooling='max'"):
         ClassifierHead(4, 1, pooling="max")
 
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import REPO
 from hydra import compose, initialize_config_dir
 
-import esc50_lightning.train as train_mod
-from esc50_lightning.hardware import cpu_has_native_bf16
+import esc50_lightning.training.precision as precision_mod
+from esc50_lightning.conf import CONF_DIR
+from esc50_lightning.tasks.checks import check_train_config
+from esc50_lightning.training.precision import cpu_has_native_bf16
 
 
 def _cfg(*overrides: str):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=["experiment=cpu_best", "trainer=cpu", *overrides])
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=["experiment=vgg8_mixup", "trainer.precision=bf16-mixed", "trainer=cpu", *overrides],
+        )
 
 
 def test_cpu_flags_decide_native_bf16():
@@ -27,11 +31,11 @@ def test_cpu_flags_decide_native_bf16():
     ("native", "expected"), [(False, "32-true"), (True, "bf16-mixed"), (None, "bf16-mixed")]
 )
 def test_bf16_recipe_runs_float32_without_bf16_instructions(monkeypatch, caplog, native, expected):
-    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(precision_mod, "cpu_has_native_bf16", lambda: native)
     cfg = _cfg()
     assert cfg.trainer.precision == "bf16-mixed"
-    with caplog.at_level(logging.WARNING, logger=train_mod.log.name):
-        train_mod._check_config(cfg)
+    with caplog.at_level(logging.WARNING, logger=precision_mod.log.name):
+        check_train_config(cfg)
     assert cfg.trainer.precision == expected
     warned = [r.getMessage() for r in caplog.records if "no bf16 instructions" in r.getMessage()]
     assert bool(warned) == (native is False)
@@ -40,7 +44,7 @@ def test_bf16_recipe_runs_float32_without_bf16_instructions(monkeypatch, caplog,
 
 
 def test_float32_request_is_left_alone(monkeypatch):
-    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision_mod, "cpu_has_native_bf16", lambda: False)
     cfg = _cfg("trainer.precision=32-true")
-    train_mod._check_config(cfg)
+    check_train_config(cfg)
     assert cfg.trainer.precision == "32-true"

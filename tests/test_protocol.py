@@ -7,7 +7,7 @@ import json
 import lightning as L
 import torch
 
-from esc50_lightning.build import load_classifier
+from esc50_lightning.checkpoints.record import load_classifier
 from esc50_lightning.data import FoldedAudioDataModule
 
 

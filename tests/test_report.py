@@ -15,6 +15,8 @@ import pytest
 from conftest import QUICK, REPO, run_dirs, script_env
 from hydra import compose, initialize_config_dir
 
+from esc50_lightning.conf import CONF_DIR
+
 # One epoch of two batches: the report only needs finished runs, not good ones.
 FAST = [*QUICK, "+trainer.limit_train_batches=2", "model=cnn4"]
 
@@ -153,7 +155,7 @@ def test_report_on_a_folder_without_runs_fails_clearly(tmp_path: Path) -> None:
     ],
 )
 def test_launcher_configs_compose(launcher: str, target: str, field: str, value: int) -> None:
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             "train", overrides=[f"hydra/launcher={launcher}", "model=cnn4"], return_hydra_config=True
         )

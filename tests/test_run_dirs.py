@@ -10,7 +10,8 @@ from pathlib import Path
 from conftest import QUICK, REPO, script_env
 from hydra import compose, initialize_config_dir
 
-from esc50_lightning.run_dirs import claim_dir
+from esc50_lightning.conf import CONF_DIR
+from esc50_lightning.hydra_ext.run_dirs import claim_dir
 
 TWO_BATCHES = ["+trainer.limit_train_batches=2"]  # a whole run, quickly: the folders are the point
 
@@ -33,7 +34,7 @@ def test_one_process_keeps_one_folder(tmp_path: Path) -> None:
 
 def test_train_and_eval_name_their_run_folders_through_it() -> None:
     for config in ("train", "eval"):
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name=config, return_hydra_config=True)
         assert cfg.hydra.run._get_node("dir")._value().startswith("${unique_dir:"), config
 

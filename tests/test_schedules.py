@@ -1,5 +1,5 @@
 """The warm-up + cosine learning-rate schedule (optim=adamw_cosine), against a hand computation,
-and its floor (``final_lr_fraction``, experiment=cpu_bc_swa)."""
+and its floor (``final_lr_fraction``, experiment=vgg8_bc_hour)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from conftest import run_dirs
 
 from esc50_lightning.errors import UserError
-from esc50_lightning.schedules import warmup_cosine
+from esc50_lightning.training.schedules import warmup_cosine
 
 
 def rates(total_steps: int, **kwargs: float) -> list[float]:

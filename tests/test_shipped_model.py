@@ -6,8 +6,12 @@ import json
 import re
 
 from conftest import REPO, run_dirs
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
-from esc50_lightning.build import read_checkpoint
+from esc50_lightning.checkpoints.record import read_checkpoint
+from esc50_lightning.conf import CONF_DIR
 
 SHIPPED = REPO / "src" / "esc50_lightning" / "pretrained" / "esc50_fold1.ckpt"
 RECORD = SHIPPED.with_suffix(".json")
@@ -33,3 +37,37 @@ def test_shipped_model_reproduces_its_stated_fold1_accuracy(run_train, tmp_path)
     assert measured > 0.5  # far above chance (0.02) on 400 real clips
     readme = (REPO / "README.md").read_text()
     assert re.search(rf"\b{stated:.4f}\b", readme), "README must state the shipped model's fold-1 accuracy"
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_the_shipped_recipe_composes_the_config_the_shipped_model_trained_with():
+    """``python train.py experiment=vgg8_bc_hour`` is the shipped model's documented command: it must
+    compose, key for key, the config recorded in the checkpoint (trained as ``cpu_hour`` before the
+    recipes were renamed), except where the run's folders, the dataset and the cache lived."""
+    recorded = read_checkpoint(SHIPPED)["esc50"]["config"]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=vgg8_bc_hour"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra")
+    composed = OmegaConf.create(plain)
+    composed.paths.output_dir = recorded["paths"]["output_dir"]
+    composed.data.dataset.root = recorded["data"]["dataset"]["root"]
+    composed.paths.cache_dir = recorded["paths"]["cache_dir"]
+    ours, theirs = _flat(OmegaConf.to_container(composed, resolve=True)), _flat(recorded)
+    # new in 1.0, where the recorded config holds the same widths as numbers
+    assert (ours.pop("features.mask_width.freq"), ours.pop("features.mask_width.time")) == (8, 24)
+    assert theirs["augmentation.spec_augment.freq_mask_width"] == 8
+    differ = {
+        k: (theirs.get(k), ours.get(k)) for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)
+    }
+    assert not differ, differ

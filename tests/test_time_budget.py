@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import run_dirs
 
-from esc50_lightning.time_budget import TimeBudget, epochs_that_fit
+from esc50_lightning.training.time_budget import TimeBudget, epochs_that_fit
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_a_resumed_run_counts_the_time_already_trained() -> None:
 def test_a_budgeted_run_ends_early_on_a_scored_epoch_with_its_schedule_complete(run_train, tmp_path) -> None:
     cap = 60
     run_train(
-        "experiment=cpu_bc_swa",  # warmup_cosine with a floor: the last rate is easy to check
+        "experiment=vgg8_bc_hour",  # warmup_cosine with a floor: the last rate is easy to check
         f"trainer.max_epochs={cap}",
         "trainer.check_val_every_n_epoch=2",
         "+trainer.limit_train_batches=2",

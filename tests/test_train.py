@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, REPO, run_dirs, run_script, script_env
+from conftest import QUICK, run_dirs, run_script, script_env
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-CONF = REPO / "conf"
+from esc50_lightning.conf import CONF_DIR
+
+CONF = CONF_DIR
 
 
 def _scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -96,8 +98,8 @@ def test_every_config_option_composes_and_instantiates(override, monkeypatch, tm
         cfg = compose(
             "train", overrides=[override, "paths.output_dir=" + str(tmp_path)], return_hydra_config=False
         )
-    from esc50_lightning.build import build_module
-    from esc50_lightning.time_budget import check_time_budget
+    from esc50_lightning.factory import build_module
+    from esc50_lightning.training.time_budget import check_time_budget
 
     module = build_module(cfg, [f"c{i}" for i in range(50)]).eval()
     callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
@@ -133,19 +135,3 @@ def test_last_checkpoint_written_every_epoch_even_without_a_new_best(run_train, 
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 1 and len(ckpt["esc50"]["history"]) == 2
     assert (run / "metrics.json").is_file() and not (run / "tensorboard").exists()
-
-
-def test_cpu_hour_is_cpu_bc_swa_trained_for_a_57_minute_budget():
-    """The shipped model was started with these overrides; experiment=cpu_hour must compose the same."""
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        hour = compose("train", overrides=["experiment=cpu_hour"])
-        started_as = compose(
-            "train",
-            overrides=[
-                "experiment=cpu_bc_swa",
-                "callbacks.time_budget.minutes=57",
-                "trainer.max_epochs=250",
-                "trainer.check_val_every_n_epoch=5",
-            ],
-        )
-    assert hour == started_as

@@ -19,8 +19,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from esc50_lightning.build import load_classifier
-from esc50_lightning.evaluate import eval_data_config
+from esc50_lightning.checkpoints.record import load_classifier
+from esc50_lightning.tasks.evaluate import eval_data_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 OFFSET_SETS = {"centre": None, "all": "all", "2-6": range(2, 7), "3-5": range(3, 6)}

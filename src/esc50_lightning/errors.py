@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from hydra.errors import InstantiationException
+
 T = TypeVar("T")
 
 
@@ -27,12 +29,24 @@ def show_tracebacks() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("ESC50_FULL_ERROR") == "1"
 
 
-def run_guarded(fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn a ``UserError`` into ``error: ...`` on stderr and exit status 2."""
+def run_guarded(fn: Callable[[], T], on_error: Callable[[], None] | None = None) -> T:
+    """Run ``fn``; turn a ``UserError`` into ``error: ...`` on stderr and exit status 2.
+
+    ``on_error`` runs first (e.g. to remove a run folder the failed command left empty). A
+    ``UserError`` raised inside a constructor that ``hydra.utils.instantiate`` called arrives
+    wrapped in Hydra's ``InstantiationException`` and is unwrapped here.
+    """
     try:
-        return fn()
+        try:
+            return fn()
+        except InstantiationException as wrapped:
+            if isinstance(wrapped.__cause__, UserError):
+                raise wrapped.__cause__ from None
+            raise
     except UserError as err:
         if show_tracebacks():
             raise
+        if on_error is not None:
+            on_error()
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

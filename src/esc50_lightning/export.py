@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from esc50_lightning.build import load_classifier
+from esc50_lightning.checkpoints.record import load_classifier
+from esc50_lightning.data.audio import clip_samples
 from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.features import FeatureExtractor
-from esc50_lightning.features.frontend import clip_samples
 
 
 class WaveformClassifier(nn.Module):

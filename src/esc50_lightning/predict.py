@@ -21,11 +21,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from esc50_lightning.build import load_classifier
-from esc50_lightning.classifier import AudioClassifier
-from esc50_lightning.data.audio import AudioReadError, fit_length, read_mono
+from esc50_lightning.checkpoints.record import load_classifier
+from esc50_lightning.data.audio import AudioReadError, clip_samples, fit_length, read_mono
 from esc50_lightning.errors import UserError, run_guarded
-from esc50_lightning.features.frontend import clip_samples
+from esc50_lightning.training.classifier import AudioClassifier
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "esc50_fold1.ckpt"
 # Suffixes picked up when a folder is given (files named explicitly are always tried).

@@ -30,8 +30,9 @@ from omegaconf import OmegaConf
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from esc50_lightning.errors import UserError, run_guarded
-from esc50_lightning.metrics import confusion_figure
-from esc50_lightning.results import atomic_write_text
+from esc50_lightning.hydra_ext.run_dirs import read_run_config
+from esc50_lightning.tasks.results import atomic_write_text
+from esc50_lightning.training.metrics import confusion_figure
 
 # Overrides that identify the fold, the model or the launcher, not a different experiment.
 NON_VARIANT_KEYS = ("data.fold", "model", "data.protocol", "ckpt_path")
@@ -114,13 +115,8 @@ def _variant(run_dir: Path) -> str:
 
 
 def _hydra_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
-    except Exception:
-        return {}
+    cfg = read_run_config(run_dir)
+    return OmegaConf.to_container(cfg, resolve=False) if cfg is not None else {}  # type: ignore[return-value]
 
 
 def _last_activity(run_dir: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,3 +93,8 @@ def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
     if len(samples) >= length:
         return samples[:length]
     return np.pad(samples, (0, length - len(samples)))
+
+
+def clip_samples(sample_rate: int, clip_seconds: float) -> int:
+    """Samples in one clip of ``clip_seconds`` at ``sample_rate``, rounded to the nearest sample."""
+    return math.floor(sample_rate * clip_seconds + 0.5)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 
+from esc50_lightning.data.audio import clip_samples
 from esc50_lightning.errors import DataError, UserError
 
 
@@ -44,7 +44,7 @@ class DatasetSpec:
 
     @property
     def clip_samples(self) -> int:
-        return int(np.floor(self.sample_rate * self.clip_seconds + 0.5))
+        return clip_samples(self.sample_rate, self.clip_seconds)
 
 
 @dataclass
@@ -182,28 +182,3 @@ def read_table(spec: DatasetSpec) -> FoldedTable:
     groups = frame[spec.group_column].astype(str).to_numpy() if spec.group_column else None
     fold_ids = sorted(int(f) for f in (spec.folds if spec.folds is not None else set(folds.tolist())))
     return FoldedTable(files, paths, folds, labels.astype(int), class_names, groups, fold_ids)
-
-
-def check_files(table: FoldedTable) -> list[str]:
-    """Problems with the audio files themselves (missing, empty, unreadable), without decoding them."""
-    problems = []
-    for path in table.paths:
-        if not path.is_file():
-            problems.append(f"{path}: file listed in the CSV is missing")
-        elif path.stat().st_size == 0:
-            problems.append(f"{path}: file is empty (0 bytes)")
-        else:
-            try:
-                info = sf.info(str(path))
-                if info.frames <= 0:
-                    problems.append(f"{path}: holds no audio frames")
-            except Exception as err:
-                problems.append(f"{path}: not a readable audio file ({_short(err)})")
-    return problems
-
-
-def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()[-1] if str(err).strip() else err.__class__.__name__
-    if "Error opening" in text and ":" in text:
-        text = text.rsplit(":", 1)[-1].strip()
-    return text

@@ -47,7 +47,7 @@ class ClassifierHead(nn.Module):
     def __init__(self, in_ch: int, num_classes: int, dropout: float = 0.3, pooling: str = "avg"):
         super().__init__()
         if pooling not in ("avg", "avgmax"):
-            raise ValueError(f"pooling={pooling!r}: choose 'avg' or 'avgmax'")
+            raise UserError(f"pooling={pooling!r}: choose 'avg' or 'avgmax'")
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_ch, num_classes)

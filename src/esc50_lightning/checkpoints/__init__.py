@@ -1,0 +1,1 @@
+"""Checkpoint files: written atomically (``io``), read and rebuilt into a trained model (``record``)."""

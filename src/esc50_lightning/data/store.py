@@ -1,0 +1,262 @@
+"""Where decoded clips and their log-mels are kept: ``ClipStore`` decodes every clip of a dataset
+once and caches the waveforms (and, with a frontend, their log-mels) under keys that fingerprint the
+files and settings. ``ArrayCache`` is one on-disk array, written atomically under a lock,
+validated when read, rebuilt when bad.
+
+Each entry is ``<dir>/<name>.npy`` plus ``<name>.json`` (the commit marker, written last) that
+records the key, shape, dtype and byte size. An entry whose marker is missing or disagrees with
+the file is treated as absent and rebuilt; concurrent builders serialise on ``<name>.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from esc50_lightning.atomic import atomic_file
+from esc50_lightning.data.audio import AudioReadError, fit_length, read_mono
+from esc50_lightning.data.table import DatasetSpec, FoldedTable
+from esc50_lightning.errors import DataError, UserError
+
+log = logging.getLogger(__name__)
+
+INT16_SCALE = 32767.0  # the waveform cache holds int16 samples
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as handle:
+        handle.write(data)
+
+
+class ArrayCache:
+    """One cached array identified by ``key`` (a fingerprint of everything it depends on)."""
+
+    def __init__(self, directory: Path, name: str, key: str):
+        self.directory = Path(directory)
+        self.name = name
+        self.key = key
+        self.array_path = self.directory / f"{name}.npy"
+        self.marker_path = self.directory / f"{name}.json"
+        self.lock_path = self.directory / f"{name}.lock"
+
+    def load(self) -> np.ndarray | None:
+        """The cached array, or None when absent, stale or damaged.
+
+        Memory-mapped copy-on-write: pages load from the file on first use, and a write (none is
+        made) would stay private to this process; torch takes such an array without copying it.
+        """
+        try:
+            meta = json.loads(self.marker_path.read_text())
+            if meta.get("key") != self.key:
+                return None
+            if self.array_path.stat().st_size != meta["bytes"]:
+                return None
+            array = np.load(self.array_path, mmap_mode="c", allow_pickle=False)
+            if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
+                return None
+            return array
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+            return None
+
+    def get_or_build(self, build: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+        """Return ``(array, built)``; at most one process builds, the others wait and read."""
+        array = self.load()
+        if array is not None:
+            return array, False
+        with file_lock(self.lock_path):
+            array = self.load()  # another process may have finished while we waited
+            if array is not None:
+                return array, False
+            # Under the lock no one else is writing this entry: temp files are a killed writer's.
+            for stale in self.directory.glob(f".{self.name}.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
+            self.write(np.ascontiguousarray(build()))
+            array = self.load()
+            assert array is not None, f"cache entry {self.array_path} unreadable right after writing"
+            return array, True
+
+    def write(self, array: np.ndarray) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.marker_path.unlink()  # invalidate first: a crash below leaves no valid-looking entry
+        with atomic_file(self.array_path, suffix=".npy.tmp") as handle:
+            np.save(handle, array, allow_pickle=False)
+        meta = {
+            "key": self.key,
+            "shape": list(array.shape),
+            "dtype": str(array.dtype),
+            "bytes": self.array_path.stat().st_size,
+        }
+        _atomic_write_bytes(self.marker_path, json.dumps(meta).encode())
+
+
+class Frontend(Protocol):
+    """What the store needs of a log-mel frontend (``features.LogMel``) to cache its output."""
+
+    n_mels: int
+
+    def __call__(self, waves: torch.Tensor) -> torch.Tensor: ...
+    def frames(self, samples: int) -> int: ...
+    def cache_params(self) -> list[Any]: ...
+    def to(self, device: Any) -> Any: ...
+
+
+class ClipStore:
+    """Every clip of one dataset, decoded once to int16 mono of the clip length, and optionally its
+    log-mel, each memory-mapped from the disk cache under ``directory``."""
+
+    def __init__(self, spec: DatasetSpec, directory: Path, frontend: Frontend | None = None):
+        self.spec, self.directory, self.frontend = spec, directory, frontend
+
+    def _file_stats(self, table: FoldedTable) -> tuple[list[tuple[str, int, int]], list[str]]:
+        """(path, size, mtime) of every clip, and the clips that are missing or empty."""
+        problems, stats = [], []
+        for path in table.paths:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                problems.append(f"{path}: file listed in the CSV is missing")
+                continue
+            if not path.is_file():
+                problems.append(f"{path}: not a file")
+            elif st.st_size == 0:
+                problems.append(f"{path}: file is empty (0 bytes)")
+            stats.append((str(path), st.st_size, st.st_mtime_ns))
+        return stats, problems
+
+    def _waveform_key(self, table: FoldedTable) -> str:
+        """Fingerprint of the files (size, mtime) and decode settings; raise if any file is unusable.
+
+        A missing or empty file is reported together with every other clip that fails to decode,
+        so one run lists all the problems, not only the first kind found.
+        """
+        stats, problems = self._file_stats(table)
+        if problems:
+            bad = {p.split(": ", 1)[0] for p in problems}
+            rest = [i for i, path in enumerate(table.paths) if str(path) not in bad]
+            _, decode_problems = self._decode(table, rest)
+            raise DataError(sorted(problems + decode_problems))
+        payload = json.dumps(
+            {"files": stats, "rate": self.spec.sample_rate, "samples": self.spec.clip_samples, "v": 1}
+        )
+        return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+    def _feature_key(self, waveform_key: str) -> str:
+        assert self.frontend is not None
+        version = 2  # bump when the frontend's computation changes
+        params = self.frontend.cache_params()
+        return hashlib.sha1(json.dumps([waveform_key, params, version]).encode()).hexdigest()[:16]
+
+    def _cached(self, cache: ArrayCache, build: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+        try:
+            return cache.get_or_build(build)
+        except OSError as err:  # full disk, read-only or misplaced cache folder: say where and why
+            raise UserError(
+                f"{cache.directory}: cannot write the data cache ({err.strerror or err}); free space there "
+                "or point data.cache_dir (or ESC50_CACHE) somewhere writable"
+            ) from err
+
+    def waveforms(self, table: FoldedTable) -> np.ndarray:
+        key = self._waveform_key(table)
+        cache = ArrayCache(self.directory, f"waveforms-{key}", key)
+        array, built = self._cached(cache, lambda: self.decode_all(table))
+        if built:
+            log.info("Cached %d decoded clips in %s", len(table), cache.array_path)
+        return array
+
+    def decode_all(self, table: FoldedTable) -> np.ndarray:
+        out, problems = self._decode(table, range(len(table)))
+        if problems:
+            raise DataError(sorted(problems))
+        return out
+
+    def _decode(self, table: FoldedTable, indices: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+        """Decode ``indices`` into int16 clips of the configured length; list files that fail.
+
+        Another sample rate, channel count or length is converted, with one warning per kind.
+        """
+        length = self.spec.clip_samples
+        out = np.zeros((len(table), length), dtype=np.int16)
+        problems: list[str] = []
+        converted: dict[str, list[str]] = {"sample rate": [], "channels": [], "length": []}
+
+        def decode(i: int) -> None:
+            path = table.paths[i]
+            try:
+                clip = read_mono(path, self.spec.sample_rate)
+            except AudioReadError as err:
+                problems.append(f"{path}: {err}")
+                return
+            if clip.source_rate != self.spec.sample_rate:
+                converted["sample rate"].append(f"{path} ({clip.source_rate} Hz)")
+            if clip.source_channels != 1:
+                converted["channels"].append(f"{path} ({clip.source_channels} channels)")
+            if len(clip.samples) != length:
+                seconds = len(clip.samples) / self.spec.sample_rate
+                converted["length"].append(f"{path} ({seconds:.2f} s)")
+            samples = fit_length(clip.samples, length)
+            out[i] = np.clip(np.round(samples * INT16_SCALE), -32768, 32767).astype(np.int16)
+
+        workers = min(8, (os.cpu_count() or 2) * 2)
+        with ThreadPoolExecutor(workers) as pool:  # libsndfile releases the GIL
+            list(pool.map(decode, indices))
+        if problems:
+            return out, problems
+        notes = {
+            "sample rate": f"resampled to {self.spec.sample_rate} Hz",
+            "channels": "averaged to mono",
+            "length": f"padded/trimmed to {self.spec.clip_seconds:g} s",
+        }
+        for kind, items in converted.items():
+            if items:
+                shown = ", ".join(sorted(items)[:3]) + (
+                    f" and {len(items) - 3} more" if len(items) > 3 else ""
+                )
+                log.warning("%d clip(s) %s: %s", len(items), notes[kind], shown)
+        return out, problems
+
+    def features(self, table: FoldedTable) -> np.ndarray:
+        assert self.frontend is not None
+        key = self._feature_key(self._waveform_key(table))
+        cache = ArrayCache(self.directory, f"logmel-{key}", key)
+
+        def build() -> np.ndarray:
+            waves = self.waveforms(table)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            frontend = self.frontend.to(device)
+            frames = frontend.frames(waves.shape[1])
+            out = np.empty((len(waves), frontend.n_mels, frames), dtype=np.float32)
+            with torch.inference_mode():
+                for start in range(0, len(waves), 64):
+                    chunk = torch.from_numpy(np.asarray(waves[start : start + 64], dtype=np.float32))
+                    out[start : start + len(chunk)] = frontend(chunk.to(device) / INT16_SCALE).cpu().numpy()
+            self.frontend.to("cpu")
+            return out
+
+        array, built = self._cached(cache, build)
+        if built:
+            log.info("Cached log-mels of %d clips in %s", len(table), cache.array_path)
+        return array

@@ -1,0 +1,107 @@
+"""Config to objects: the feature extractor, the network and the LightningModule a config names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from esc50_lightning.data.audio import clip_samples
+from esc50_lightning.errors import UserError
+from esc50_lightning.features import FeatureExtractor, LogMel
+from esc50_lightning.features.extractor import SAME_AS_CROP
+from esc50_lightning.models.blocks import InputNorm
+from esc50_lightning.training.classifier import AudioClassifier, SchedulerFactory
+from esc50_lightning.training.schedules import try_schedule
+
+# ``eval_crop`` value (eval.py, build) meaning "keep the cut the checkpoint was configured with".
+KEEP_EVAL_CROP = "checkpoint"
+
+
+def build_logmel(cfg: DictConfig) -> LogMel:
+    return instantiate(cfg.features.logmel)
+
+
+def crop_from_config(value: Any) -> Any:
+    """A crop from the config: its list becomes a tuple; ``None`` and names pass through."""
+    return value if value is None or isinstance(value, str) else tuple(value)
+
+
+def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtractor:
+    logmel = logmel or build_logmel(cfg)
+    aug = cfg.augmentation
+    augment = instantiate(aug.spec_augment) if aug.spec_augment else None
+    # Checkpoints from before these keys existed trained without them.
+    mixstyle = None
+    if aug.get("freq_mixstyle"):
+        if not isinstance(aug.freq_mixstyle, DictConfig) or "_target_" not in aug.freq_mixstyle:
+            raise UserError(
+                f"augmentation.freq_mixstyle={aug.freq_mixstyle} must be null or "
+                "{_target_:esc50_lightning.features.FreqMixStyle,p:0.4,alpha:0.4}"
+            )
+        mixstyle = instantiate(aug.freq_mixstyle)
+    return FeatureExtractor(
+        logmel,
+        clip_samples(cfg.data.dataset.sample_rate, cfg.data.dataset.clip_seconds),
+        crop=crop_from_config(cfg.features.crop),
+        normalize=cfg.features.normalize,
+        augment=augment,
+        # Older checkpoints have no eval_crop: they score the training crop's size.
+        eval_crop=crop_from_config(cfg.features.get("eval_crop", SAME_AS_CROP)),
+        time_roll=aug.get("time_roll", 0.0),
+        time_stretch=aug.get("time_stretch"),
+        mixstyle=mixstyle,
+    )
+
+
+def check_input_rows(net: torch.nn.Module, features: FeatureExtractor) -> None:
+    """Refuse a per-row input batch norm (``model.net.input_bn``) that does not match the mel
+    rows the features give the network, before anything is trained or logged."""
+    train_rows, eval_rows = features.output_shape[0], features.eval_shape[0]
+    for norm in (m for m in net.modules() if isinstance(m, InputNorm) and m.rows):
+        if train_rows != norm.rows:
+            raise UserError(
+                f"model.net.input_bn={norm.rows}, but features.crop gives the network {train_rows} "
+                f"mel rows: set model.net.input_bn={train_rows} (or 0 to turn it off)"
+            )
+        if eval_rows != norm.rows:
+            raise UserError(
+                f"model.net.input_bn={norm.rows} matches the training crop, but features.eval_crop "
+                f"gives the network {eval_rows} mel rows: evaluate on {norm.rows} mel rows as well"
+            )
+
+
+def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None = None) -> AudioClassifier:
+    net = instantiate(cfg.model.net, num_classes=len(class_names))
+    features = build_features(cfg, logmel)
+    check_input_rows(net, features)
+    optim = cfg.optim
+    return AudioClassifier(
+        net=net,
+        features=features,
+        optimizer=instantiate(optim.optimizer),
+        scheduler=build_scheduler(optim),
+        scheduler_interval=optim.get("scheduler_interval", "epoch"),
+        class_names=class_names,
+        mixup_alpha=cfg.augmentation.get("mixup_alpha", 0.0),
+        mixup_mode=cfg.augmentation.get("mixup_mode", "logmel"),
+        label_smoothing=optim.get("label_smoothing", 0.0),
+        channels_last=cfg.get("channels_last", False),
+        compile=cfg.get("compile", False),
+    )
+
+
+def build_scheduler(optim: DictConfig) -> SchedulerFactory | None:
+    """The learning-rate schedule the config names, as a factory of the run's optimiser. It is
+    tried once on a throwaway optimiser here, so that a bad setting stops the command before
+    training with one line, not with a traceback once the run has started."""
+    if not optim.get("scheduler"):
+        return None
+    factory = instantiate(optim.scheduler)
+    try:
+        try_schedule(factory)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"optim.scheduler ({optim.scheduler.get('_target_')}): {err}") from err
+    return factory

@@ -1,0 +1,204 @@
+"""The batched frontend that runs on the training device: log-mel (unless cached), per-clip
+standardisation, a crop (random per sample in training, centred in evaluation) and, in training
+only, the augmentations drawn afresh for every sample at every step. Input may be raw waveforms
+``(B, T)`` or cached log-mels ``(B, F, T)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from esc50_lightning.errors import UserError
+from esc50_lightning.features.augment import FreqMixStyle, SpecAugment, _rate_range, mix_as_sounds
+from esc50_lightning.features.logmel import LogMel
+
+CropSize = int | float | None
+
+
+def resolve_crop(
+    crop: Sequence[CropSize] | None, input_shape: tuple[int, int], key: str = "features.crop"
+) -> tuple[int, int] | None:
+    """Turn ``features.crop`` into ``(mels, frames)`` for a spectrogram of ``input_shape``.
+
+    Each entry is a size in bins (an int), a fraction of that axis (a float in (0, 1], so one
+    config fits clips of any length: 0.89 of 431 frames is 384), or null for the whole axis.
+    """
+    if crop is None:
+        return None
+    if len(crop) != 2:
+        raise UserError(f"{key}={list(crop)} must be [mels, frames]")
+    sizes = []
+    for axis, (value, full) in enumerate(zip(crop, input_shape, strict=True)):
+        name = ("mels", "frames")[axis]
+        if value is None:
+            sizes.append(full)
+        elif isinstance(value, float) and 0 < value <= 1:  # a fraction of the axis
+            sizes.append(max(1, round(value * full)))
+        elif float(value).is_integer():
+            sizes.append(int(value))
+        else:
+            raise UserError(f"{key} {name}={value}: give a number of bins or a fraction in (0, 1]")
+    if sizes[0] > input_shape[0] or sizes[1] > input_shape[1] or min(sizes) < 1:
+        raise UserError(
+            f"{key}={list(crop)} does not fit the spectrogram "
+            f"{input_shape[0]}x{input_shape[1]} (mels x frames) of "
+            "data.dataset.clip_seconds at data.dataset.sample_rate: choose a crop no larger than that, "
+            f"a fraction of each axis (e.g. {key}=[100,0.89]), or {key}=null"
+        )
+    return sizes[0], sizes[1]
+
+
+# ``eval_crop`` value meaning "the training crop's size" (also what configs without the key get).
+SAME_AS_CROP = "crop"
+
+
+class FeatureExtractor(nn.Module):
+    """Log-mel → standardise → crop → SpecAugment (training only), batched, on any device.
+
+    Optional training-only augmentations: ``time_roll`` (circular time shift, up to that fraction
+    of the clip), ``time_stretch`` (``[low, high]`` playback rates, a random resized crop in
+    time) and ``mixstyle`` (``FreqMixStyle``, after standardisation, before the masks).
+
+    Output is ``(B, 1, F', T')`` ready for a 2-D CNN. Standardisation uses the statistics of the
+    whole spectrogram but is applied to the crop only (the same numbers, less work). Training
+    cuts ``crop`` at random; evaluation cuts ``eval_crop`` (by default the same size) from the
+    centre. The models end in global pooling, so evaluation may see more than one training crop:
+    ``eval_crop=(56, None)`` scores the trained mel window over every frame of the clip.
+    """
+
+    def __init__(
+        self,
+        logmel: LogMel,
+        clip_samples: int,
+        crop: Sequence[CropSize] | None = (100, 384),
+        normalize: bool = True,
+        augment: SpecAugment | None = None,
+        eval_crop: Sequence[CropSize] | str | None = SAME_AS_CROP,
+        time_roll: float = 0.0,
+        time_stretch: Sequence[float] | None = None,
+        mixstyle: FreqMixStyle | None = None,
+    ):
+        super().__init__()
+        self.logmel = logmel
+        self.normalize = normalize
+        self.augment = augment
+        self.mixstyle = mixstyle
+        if not isinstance(time_roll, int | float) or not 0 <= time_roll <= 1:
+            raise UserError(f"augmentation.time_roll={time_roll} must be a fraction of the clip in [0, 1]")
+        self.time_roll = float(time_roll)
+        self.time_stretch = None if time_stretch is None else _rate_range(time_stretch)
+        self.input_shape = (logmel.n_mels, logmel.frames(clip_samples))
+        self.crop = resolve_crop(crop, self.input_shape)
+        self.set_eval_crop(crop if eval_crop == SAME_AS_CROP else eval_crop)
+
+    def set_eval_crop(self, eval_crop: Sequence[CropSize] | None) -> None:
+        """The centred ``[mels, frames]`` cut scored in evaluation (``resolve_crop``'s rules)."""
+        self.eval_crop = resolve_crop(eval_crop, self.input_shape, key="features.eval_crop")
+
+    @property
+    def output_shape(self) -> tuple[int, int]:
+        """Training input size (``(mels, frames)``)."""
+        return self.crop if self.crop is not None else self.input_shape
+
+    @property
+    def eval_shape(self) -> tuple[int, int]:
+        """Evaluation input size (``(mels, frames)``)."""
+        return self.eval_crop if self.eval_crop is not None else self.input_shape
+
+    def forward(self, x: torch.Tensor, mix: tuple[float, torch.Tensor] | None = None) -> torch.Tensor:
+        """``mix=(weight, perm)``: mix every clip with clip ``perm[i]`` as sounds first
+        (``mix_as_sounds``), so standardisation, crop and masks see the mixture."""
+        if x.dim() == 2:  # raw waveforms
+            x = self.logmel(x)
+        x = x.float()
+        if mix is not None:
+            x = mix_as_sounds(x, *mix)
+        if self.normalize:
+            mean, std = self._stats(x)
+        if self.training and self.time_roll > 0:
+            x = self._roll(x)
+        x = self._crop(x)
+        # Normalisation and masks are per-sample scalings of rows and columns: fold them into
+        # one subtraction and two broadcast multiplies over the (smaller) crop.
+        row_scale: torch.Tensor | None = None
+        col_scale: torch.Tensor | None = None
+        if self.normalize:
+            x = x - mean
+            row_scale = 1.0 / (std + 1e-5)  # (B, 1, 1)
+        if self.training and self.mixstyle is not None:  # mixes statistics of standardised input
+            if row_scale is not None:
+                x, row_scale = x.mul_(row_scale), None
+            x = self.mixstyle(x)
+        if self.training and self.augment is not None:
+            keep_f, keep_t = self.augment.masks(x.shape[0], x.shape[1], x.shape[2], x.device)
+            row_scale = keep_f[:, :, None] if row_scale is None else row_scale * keep_f[:, :, None]
+            col_scale = keep_t[:, None, :]
+        if row_scale is not None:
+            x = x.mul_(row_scale) if self.normalize else x * row_scale  # x - mean is ours to modify
+        if col_scale is not None:
+            x = x.mul_(col_scale)
+        return x.unsqueeze(1)
+
+    @staticmethod
+    def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-spectrogram mean and unbiased std, ``(B, 1, 1)`` each.
+
+        Centred two-pass over a flat view: as exact as ``Tensor.std`` and, on CPU, ~20x faster
+        than its Welford reduction over two dimensions. (A one-pass sum of squares loses several
+        digits on quiet clips; float32 ``vector_norm`` loses about four.)
+        """
+        flat = x.reshape(x.shape[0], -1)
+        mean = flat.mean(dim=1, keepdim=True)
+        centred = flat - mean
+        std = ((centred * centred).sum(dim=1, keepdim=True) / max(flat.shape[1] - 1, 1)).sqrt()
+        return mean[:, :, None], std[:, :, None]
+
+    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+        """The evaluation cut (centred), or the training cut (random, stretched if asked); the
+        input itself when there is nothing to cut."""
+        batch, freq, time = x.shape
+        if not self.training:  # centre crop: one slice, batch-size agnostic (traces and exports)
+            crop_f, crop_t = self.eval_crop or (freq, time)
+            if (crop_f, crop_t) == (freq, time):
+                return x
+            f, t = (freq - crop_f) // 2, (time - crop_t) // 2
+            return x[:, f : f + crop_f, t : t + crop_t]
+        crop_f, crop_t = self.crop or (freq, time)
+        if (crop_f, crop_t) == (freq, time) and self.time_stretch is None:
+            return x
+        # Offsets drawn on the CPU (slicing needs Python ints); one slice per sample, then one
+        # copy: far cheaper than a 3-D advanced-indexing gather.
+        off_f = torch.randint(0, freq - crop_f + 1, (batch,)).tolist()
+        if self.time_stretch is None:
+            off_t = torch.randint(0, time - crop_t + 1, (batch,)).tolist()
+            return torch.stack(
+                [
+                    x[i, f : f + crop_f, t : t + crop_t]
+                    for i, (f, t) in enumerate(zip(off_f, off_t, strict=True))
+                ]
+            )
+        # Time stretch as a random resized crop: a window of rate * crop_t frames (at most the
+        # whole clip) is resampled to crop_t, so rate > 1 plays the window faster.
+        widths = torch.empty(batch).uniform_(*self.time_stretch).mul_(crop_t).round_().clamp_(1, time).long()
+        off_t = (torch.rand(batch) * (time - widths + 1)).long().tolist()
+        pieces = []
+        for i, (f, t, width) in enumerate(zip(off_f, off_t, widths.tolist(), strict=True)):
+            piece = x[i, f : f + crop_f, t : t + width]
+            if width != crop_t:
+                piece = F.interpolate(piece[None], size=crop_t, mode="linear", align_corners=False)[0]
+            pieces.append(piece)
+        return torch.stack(pieces)
+
+    def _roll(self, x: torch.Tensor) -> torch.Tensor:
+        """Circular shift of every spectrogram along time by up to ``time_roll`` of its frames."""
+        batch, freq, time = x.shape
+        most = round(self.time_roll * time)
+        if most < 1:
+            return x
+        shift = torch.randint(-most, most + 1, (batch, 1), device=x.device)
+        index = (torch.arange(time, device=x.device) - shift) % time
+        return x.gather(2, index[:, None, :].expand(batch, freq, time))

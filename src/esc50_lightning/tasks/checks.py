@@ -1,0 +1,43 @@
+"""Checks of a training config that need no data and no model: one clear line per mistake."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from esc50_lightning.errors import UserError
+from esc50_lightning.training.precision import use_native_precision
+
+log = logging.getLogger(__name__)
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Refuse settings that cannot train before anything is built; adapt the ones the machine
+    cannot honour (sync batch norm and bf16 on a CPU without it)."""
+    dataset = cfg.data.get("dataset") or {}
+    unset = [f"data.dataset.{k}" for k in ("root", "csv") if k in dataset and dataset[k] in (None, "")]
+    if unset:  # data=folded_csv leaves them to the user
+        raise UserError(
+            f"{' and '.join(unset)} must be set, e.g. data.dataset.root=/path/to/dataset "
+            "data.dataset.csv=meta.csv (relative to root); see docs/datasets.md"
+        )
+
+    epochs = cfg.trainer.get("max_epochs")
+    if epochs is not None and epochs < 0:
+        raise UserError(f"trainer.max_epochs={epochs} must be 0 or more")
+    every = cfg.trainer.get("check_val_every_n_epoch") or 1
+    if cfg.data.get("protocol") == "cv" and epochs and epochs % every:
+        raise UserError(
+            f"trainer.max_epochs={epochs} is not a multiple of trainer.check_val_every_n_epoch={every}: "
+            "under data.protocol=cv the final epoch is the result, and it would not be validated"
+        )
+    accelerator = cfg.trainer.get("accelerator")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if cfg.trainer.get("sync_batchnorm") and on_cpu:
+        # torch's SyncBatchNorm is GPU-only; trainer=ddp on CPU (gloo) runs with per-process BatchNorm.
+        log.info("trainer.sync_batchnorm needs GPUs; turned off for this CPU run")
+        with open_dict(cfg):
+            cfg.trainer.sync_batchnorm = False
+    use_native_precision(cfg, on_cpu)

@@ -1,0 +1,123 @@
+"""What a finished run leaves behind: metrics.json, predictions.csv and a one-screen summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from esc50_lightning.atomic import atomic_file
+from esc50_lightning.training.metrics import METRIC_NAMES
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_file(path, "w") as handle:
+        handle.write(text)
+
+
+def run_metrics(
+    history: list[dict[str, float]], test: dict[str, float], info: dict[str, Any], epochs: int
+) -> dict:
+    """The run's figures, each labelled with the protocol it comes from.
+
+    ``epochs``: epochs trained; ``history`` has one entry per validated epoch, which is fewer when
+    validation runs every n-th epoch only (``trainer.check_val_every_n_epoch``).
+
+    ``final``: last epoch on the evaluation fold (headline under ``cv``: no selection on it).
+    ``best``: epoch with the lowest validation loss. Under ``cv`` that selection used the
+    evaluation fold itself, so it is optimistic and labelled as such.
+    ``test``: under ``holdout``, the test fold scored once with the checkpoint chosen on validation.
+    """
+    data = info["data"]
+    out: dict[str, Any] = {
+        "model": info.get("model_name"),
+        "dataset": data["dataset"],
+        "protocol": data["protocol"],
+        "fold": data["fold"],
+        "splits": data["splits"],
+        "epochs": epochs,
+    }
+    if history:
+        last = history[-1]
+        best = min(history, key=lambda h: h["val/loss"])
+        strip = lambda h: {k.split("/", 1)[1]: v for k, v in h.items() if k.startswith("val/")}  # noqa: E731
+        out["final"] = {"epoch": last["epoch"], **strip(last)}
+        out["best"] = {
+            "epoch": best["epoch"],
+            **strip(best),
+            "selected_on": "evaluation fold" if data["protocol"] == "cv" else "validation fold",
+        }
+    if test:
+        out["test"] = {k.split("/", 1)[1]: v for k, v in test.items()}
+    headline = out.get("test") if data["protocol"] == "holdout" else out.get("final")
+    out["headline"] = {
+        "source": "test fold, checkpoint selected on validation"
+        if data["protocol"] == "holdout"
+        else "final epoch on the evaluation fold (fixed schedule)",
+        **(headline or {}),
+    }
+    return out
+
+
+def write_predictions(
+    path: Path,
+    outputs: tuple[torch.Tensor, torch.Tensor],
+    files: list[str],
+    labels: np.ndarray,
+    names: list[str],
+) -> None:
+    rows, logits = outputs
+    probs = torch.softmax(logits.float(), dim=1).numpy()
+    rows = rows.numpy()
+    frame = pd.DataFrame(
+        {
+            "file": [files[r] for r in rows],
+            "target": labels[rows],
+            "prediction": probs.argmax(1),
+            "target_name": [names[t] for t in labels[rows]],
+            "prediction_name": [names[p] for p in probs.argmax(1)],
+            "confidence": probs.max(1).round(5),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def print_summary(
+    metrics: dict[str, Any], run_dir: Path, best_ckpt: str | None, console: Console | None = None
+):
+    console = console or Console()
+    table = Table(
+        title=f"{metrics['model']} · {metrics['dataset']} fold {metrics['fold']} · {metrics['protocol']}"
+    )
+    table.add_column("figure")
+    table.add_column("epoch", justify="right")
+    for name in ("loss", *METRIC_NAMES):
+        table.add_column(name, justify="right")
+    labels = {
+        "final": "final epoch",
+        "best": "lowest val loss" + ("*" if metrics["protocol"] == "cv" else ""),
+        "test": "test (holdout)",
+    }
+    for key, label in labels.items():
+        if key in metrics:
+            row = metrics[key]
+            epoch = str(row.get("epoch", metrics.get("best", {}).get("epoch", "")))
+            table.add_row(label, epoch, *(f"{row[m]:.4f}" for m in ("loss", *METRIC_NAMES)))
+    console.print(table)
+    if metrics["protocol"] == "cv" and "best" in metrics:
+        console.print("* epoch selected on the evaluation fold itself: optimistic, not a headline figure")
+    console.print(f"run dir: {run_dir}")
+    if best_ckpt:
+        console.print(f"best checkpoint: {best_ckpt}")
+    console.print(f"metrics: {run_dir / 'metrics.json'}")
+
+
+def save_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(metrics, indent=2))

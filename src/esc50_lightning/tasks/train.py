@@ -1,0 +1,116 @@
+"""Training entry point: build what the config names, fit, test (holdout), write results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from esc50_lightning.checkpoints.io import AtomicCheckpointIO
+from esc50_lightning.errors import UserError
+from esc50_lightning.factory import build_logmel, build_module
+from esc50_lightning.tasks.checks import check_train_config
+from esc50_lightning.tasks.results import print_summary, run_metrics, save_metrics, write_predictions
+from esc50_lightning.tasks.resume import continue_log_in, resolve_resume
+from esc50_lightning.training.time_budget import check_time_budget
+
+log = logging.getLogger(__name__)
+
+
+def _local_rank() -> int:
+    """This process's rank on its node: set by Lightning's launcher, torchrun or SLURM; else 0."""
+    for var in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    check_train_config(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    resume = resolve_resume(cfg.get("ckpt_path"), Path(cfg.paths.log_dir), cfg)
+    original = resume.parent.parent if resume is not None else None
+    if original is not None and resume.parent.name == "checkpoints" and (original / ".hydra").is_dir():
+        # Continue in the original run directory so checkpoints and TensorBoard curves carry on.
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(original)
+        if run_dir != original:
+            continue_log_in(run_dir, original)
+            if run_dir.is_dir() and not any(run_dir.glob("checkpoints/*")):
+                shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir = original
+    if resume is not None:
+        log.info("Resuming from %s in %s", resume, run_dir)
+
+    L.seed_everything(cfg.seed, workers=True)
+    logmel = build_logmel(cfg)
+    datamodule = instantiate(cfg.data, frontend=logmel)
+    class_names = datamodule.class_names  # reads and checks the CSV
+    log.info(
+        "%s on %s: train folds %s, validation %s, test %s (protocol %s), %d classes; run dir %s",
+        cfg.model.name,
+        datamodule.spec.name,
+        datamodule.splits["train"],
+        datamodule.splits["val"],
+        datamodule.splits["test"],
+        datamodule.protocol,
+        len(class_names),
+        run_dir,
+    )
+    module = build_module(cfg, class_names, logmel)
+    module.run_info = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "data": datamodule.describe(),
+        "model_name": cfg.model.name,
+    }
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
+        # Lightning refuses a learning-rate monitor without a logger; logger=none means "log nothing".
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    check_time_budget(callbacks, module.scheduler_factory, cfg.trainer.get("max_epochs"))
+    if _local_rank() == 0:
+        # Check every audio file and build the caches before Lightning launches other processes
+        # (DDP): a data problem is then reported once, not also as a broken link on every rank.
+        datamodule.prepare_data()
+    plugins = [instantiate(p) if isinstance(p, DictConfig) else p for p in cfg.trainer.get("plugins") or []]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())  # never a half-written last.ckpt after kill -9
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
+    )
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    if trainer.interrupted:
+        raise UserError("training interrupted; resume with ckpt_path=latest")
+
+    checkpoint = trainer.checkpoint_callback
+    best = getattr(checkpoint, "best_model_path", "") or None
+    if datamodule.protocol == "holdout" and cfg.trainer.get("max_epochs", 1) != 0:
+        history = list(module.history)  # loading the best checkpoint would rewind it
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        module.history = history
+
+    metrics = run_metrics(module.history, module.test_results, module.run_info, epochs=trainer.current_epoch)
+    metrics["best_checkpoint"] = best
+    if trainer.is_global_zero:
+        table = datamodule.table
+        save_metrics(run_dir / "metrics.json", metrics)
+        head = metrics["headline"]
+        if "acc" in head:
+            log.info("Headline, %s: acc %.4f, macro F1 %.4f", head["source"], head["acc"], head["f1"])
+        for name, outputs in (("val", module.last_val_outputs), ("test", module.last_test_outputs)):
+            if outputs is not None and not (name == "test" and datamodule.protocol == "cv"):
+                write_predictions(
+                    run_dir / f"predictions_{name}.csv", outputs, table.files, table.labels, class_names
+                )
+        print_summary(metrics, run_dir, best)
+    return metrics

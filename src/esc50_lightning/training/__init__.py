@@ -1,0 +1,2 @@
+"""Where logits become a trained model and its metrics: the LightningModule (loss, mixup, EMA-ready
+weights), epoch-level metrics, learning-rate and EMA schedules, the time budget, numeric precision."""

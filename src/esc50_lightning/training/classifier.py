@@ -1,0 +1,241 @@
+"""One LightningModule for every architecture: features on the device, logits, loss and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from esc50_lightning.errors import UserError
+from esc50_lightning.features import FeatureExtractor
+from esc50_lightning.training.metrics import classification_metrics, confusion_figure
+from esc50_lightning.training.schedules import steps_per_batch
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+log = logging.getLogger(__name__)
+
+# augmentation.mixup_mode: interpolate the network's inputs, or mix the clips as sounds.
+MIXUP_MODES = ("logmel", "between_class")
+
+
+class AudioClassifier(L.LightningModule):
+    """Wraps any ``nn.Module`` over log-mels.
+
+    ``on_after_batch_transfer`` turns batches (waveforms or cached log-mels) into model inputs on
+    the training device; SpecAugment and the random crop apply only in training mode. Metrics
+    are accumulated over the whole epoch, never averaged over batches.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        features: FeatureExtractor,
+        optimizer: OptimizerFactory,
+        class_names: Sequence[str],
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        mixup_alpha: float = 0.0,
+        mixup_mode: str = "logmel",
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.net = net
+        self.features = features
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.class_names = list(class_names)
+        if mixup_mode not in MIXUP_MODES:
+            raise UserError(f"augmentation.mixup_mode={mixup_mode} must be one of {', '.join(MIXUP_MODES)}")
+        self.mixup_alpha = mixup_alpha
+        self.mixup_mode = mixup_mode
+        self.label_smoothing = label_smoothing
+        self.channels_last = channels_last
+        self.compile = compile
+        n = len(self.class_names)
+        # ModuleDict keys cannot be "train" (an nn.Module method): key by "<stage>_".
+        self.metrics = nn.ModuleDict({f"{s}_": classification_metrics(n) for s in ("train", "val", "test")})
+        self.losses = nn.ModuleDict({f"{s}_": MeanMetric() for s in ("train", "val", "test")})
+        self.confusion = MulticlassConfusionMatrix(n)
+        self.history: list[dict[str, float]] = []  # one entry per validation epoch
+        self.test_results: dict[str, float] = {}
+        self.run_info: dict[str, Any] = {}  # config and data description, saved in checkpoints
+        self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.last_val_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_test_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._best_val_loss = float("inf")
+        self._epoch_start = time.perf_counter()
+        self._best_confusion: tuple[Any, dict[str, float], int] | None = None
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def configure_model(self) -> None:
+        if self.compile and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
+            self.net = torch.compile(self.net)
+
+    # ---- forward ---------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, Any]:
+        # Between-class mixing happens on the spectrograms before standardisation, so it is
+        # drawn here; training_step reads the draw back to weigh the two labels.
+        mix = None
+        if self.training and self.mixup_alpha > 0 and self.mixup_mode == "between_class":
+            mix = self._draw_mix(batch["x"].shape[0], batch["x"].device)
+        x = self.features(batch["x"], mix=mix)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return {**batch, "x": x} if mix is None else {**batch, "x": x, "mix": mix}
+
+    def _draw_mix(self, batch_size: int, device: torch.device) -> tuple[float, torch.Tensor]:
+        """One Beta(alpha, alpha) weight for the batch and a random partner for every clip."""
+        weight = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
+        return weight, torch.randperm(batch_size, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # ---- steps -----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """``batch["mix"]``, when present, is the ``(weight, perm)`` the features mixed with."""
+        x, y = batch["x"], batch["y"]
+        mix = batch.get("mix")  # already mixed as sounds (between_class)
+        if mix is None and self.mixup_alpha > 0:  # mixup of the network's inputs
+            mix = self._draw_mix(x.shape[0], x.device)
+            x = mix[0] * x + (1 - mix[0]) * x[mix[1]]
+        if mix is not None:
+            lam, perm = mix
+            logits = self(x)
+            loss = lam * self._loss(logits, y) + (1 - lam) * self._loss(logits, y[perm])
+            y = y if lam >= 0.5 else y[perm]  # metrics follow the dominant clip
+        else:
+            logits = self(x)
+            loss = self._loss(logits, y)
+        self.losses["train_"].update(loss.detach(), weight=x.shape[0])
+        self.metrics["train_"].update(logits.detach(), y)
+        return loss
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+
+    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> None:
+        logits = self(batch["x"]).float()
+        loss = F.cross_entropy(logits, batch["y"])
+        self.losses[stage + "_"].update(loss, weight=batch["y"].shape[0])
+        self.metrics[stage + "_"].update(logits, batch["y"])
+        if stage == "val":
+            self.confusion.update(logits, batch["y"])
+        self._eval_outputs.append((batch["row"].detach().cpu(), logits.detach().cpu()))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    # ---- epoch ends ------------------------------------------------------------------------
+    def _epoch_values(self, stage: str) -> dict[str, float]:
+        values = {f"{stage}/loss": self.losses[stage + "_"].compute()}
+        values.update({f"{stage}/{k}": v for k, v in self.metrics[stage + "_"].compute().items()})
+        self.losses[stage + "_"].reset()
+        self.metrics[stage + "_"].reset()
+        self.log_dict(values, sync_dist=False)  # torchmetrics already synced across ranks
+        return {k: float(v) for k, v in values.items()}
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        # Validation has run by now (Lightning 2.x): one line per epoch in train.log for `tail -f`.
+        parts = [f"epoch {self.current_epoch + 1}/{self.trainer.max_epochs}"]
+        train = self._epoch_values("train")
+        parts.append(f"train loss {train['train/loss']:.4f} acc {train['train/acc']:.4f}")
+        if self.history and self.history[-1]["epoch"] == self.current_epoch:
+            val = self.history[-1]
+            parts.append(f"val loss {val['val/loss']:.4f} acc {val['val/acc']:.4f}")
+        parts.append(f"{time.perf_counter() - self._epoch_start:.1f} s")
+        if self.global_rank == 0:
+            log.info(" | ".join(parts))
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_outputs = []
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._epoch_values("val")
+        matrix = self.confusion.compute().cpu().numpy()
+        self.confusion.reset()
+        self.last_val_outputs = self._gather_outputs()
+        if self.trainer.sanity_checking:
+            return
+        self.history.append({"epoch": self.current_epoch, **values})
+        if values["val/loss"] < self._best_val_loss:
+            self._best_val_loss = values["val/loss"]
+            # Drawn once when training ends: a figure costs ~0.5 s, every improving epoch.
+            self._best_confusion = (matrix, values, self.current_epoch)
+
+    def on_train_end(self) -> None:
+        if self._best_confusion is not None:
+            self._log_confusion(*self._best_confusion)
+            self._best_confusion = None
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_outputs = []
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._epoch_values("test")
+        self.last_test_outputs = self._gather_outputs()
+
+    def _gather_outputs(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        outputs = self._eval_outputs
+        self._eval_outputs = []
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, outputs)
+            outputs = [item for part in gathered for item in part]
+        if not outputs:
+            return None
+        rows = torch.cat([r for r, _ in outputs])
+        logits = torch.cat([lg for _, lg in outputs])
+        order = torch.argsort(rows)
+        return rows[order], logits[order]
+
+    def _log_confusion(self, matrix: Any, values: dict[str, float], epoch: int) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if self.global_rank != 0 or not hasattr(experiment, "add_figure"):
+            return
+        title = f"epoch {epoch}: val acc {values['val/acc']:.3f} (lowest val loss)"
+        fig = confusion_figure(matrix, self.class_names, title)
+        experiment.add_figure("val/confusion_matrix_best", fig, global_step=epoch)
+        plt.close(fig)
+
+    # ---- optimisation ----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        per_batch = steps_per_batch(self.scheduler_factory)
+        kwargs = {"total_steps": int(self.trainer.estimated_stepping_batches)} if per_batch else {}
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        interval = "step" if per_batch else self.scheduler_interval
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["esc50"] = {**self.run_info, "history": self.history}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("esc50", {})
+        self.history = list(info.get("history", []))
+        if self.history:
+            self._best_val_loss = min(h["val/loss"] for h in self.history)
