@@ -1,4 +1,4 @@
-"""Test-time averaging over positions of the mel window: does it help? (README, "What we tried")
+"""Test-time averaging over positions of the mel window: does it help? (docs/results.md, row 14)
 
 The 64-mel recipes train on a 56-mel window at a random height (offsets 0-8) and evaluate the
 centred one (offset 4). This scores each checkpoint at every offset, and averages the class
@@ -13,22 +13,21 @@ evaluation stays on the centred window.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from esc50_lightning.checkpoints.record import load_classifier
+from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.tasks.evaluate import eval_data_config
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 OFFSET_SETS = {"centre": None, "all": "all", "2-6": range(2, 7), "3-5": range(3, 6)}
 
 
 def score(ckpt: str, fold: int) -> dict[str, tuple[float, float]]:
     module, info = load_classifier(ckpt)
-    with initialize_config_dir(str(CONF), version_base=None):
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = compose("eval", overrides=[f"data.fold={fold}"])
     data_cfg = eval_data_config(info["config"]["data"], cfg, fold)
     datamodule = instantiate(data_cfg, frontend=module.features.logmel)

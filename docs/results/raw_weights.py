@@ -8,7 +8,7 @@ copy of a checkpoint with the raw weights in place of the average, for ``eval.py
     python docs/results/raw_weights.py <run>/checkpoints/last.ckpt raw.ckpt
     python eval.py ckpt_path=raw.ckpt data.fold=1 'eval_crop=[56,null]'
 
-Not part of the package: it answered one question (README, "What we tried").
+Not part of the package: it answered one question (docs/results.md, "What we tried", row 15).
 """
 
 from __future__ import annotations
