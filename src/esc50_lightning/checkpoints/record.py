@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +46,92 @@ def _update_targets(node: Any) -> Any:
     return node
 
 
+# Where the config inside a checkpoint may point ``hydra.utils.instantiate``: this package's classes,
+# torch's optimisers and schedules, Lightning's trainer, callbacks and loggers. A config from someone
+# else's file naming anything else (``os.system``, ``subprocess.run``...) would run code when the
+# model is rebuilt.
+ALLOWED_TARGETS = ("esc50_lightning.", "torch.optim.", "lightning.pytorch.")
+
+
+def _refusal(err: Exception) -> str:
+    """The line of torch's weights-only refusal that names the object, e.g. ``GLOBAL posix.system``."""
+    for line in str(err).splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip().rstrip(".")
+    return err.__class__.__name__
+
+
+def _targets(node: Any, key: str = "") -> list[tuple[str, str]]:
+    """Every ``(config key, _target_)`` in a config tree."""
+    found = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            where = f"{key}.{k}" if key else str(k)
+            if k == "_target_":
+                found.append((where, v))
+            else:
+                found += _targets(v, where)
+    elif isinstance(node, list):
+        for n, v in enumerate(node):
+            found += _targets(v, f"{key}[{n}]")
+    return found
+
+
+def _check_record(path: Path, ckpt: Any) -> None:
+    """Refuse a file whose contents are not what this project writes, naming what is wrong."""
+
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: not a usable esc50-lightning checkpoint ({what})")
+
+    if not isinstance(ckpt, dict) or "esc50" not in ckpt or "state_dict" not in ckpt:
+        raise bad("no 'esc50' run record and 'state_dict'")
+    state, info = ckpt["state_dict"], ckpt["esc50"]
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise bad("'state_dict' is not a mapping of names to tensors")
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise bad("the run record holds no config")
+    net = (
+        (info["config"].get("model") or {}).get("net")
+        if isinstance(info["config"].get("model"), dict)
+        else None
+    )
+    if not isinstance(net, dict) or not isinstance(net.get("_target_"), str):
+        raise bad("the run record's config names no model.net._target_")
+    data = info.get("data")
+    names = data.get("class_names") if isinstance(data, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise bad("the run record has no list of class names")
+    for key in ("sample_rate", "clip_seconds"):
+        if not isinstance(data.get(key), int | float) or isinstance(data.get(key), bool) or data[key] <= 0:
+            raise bad(f"data.{key}={data.get(key)!r} in the run record is not a positive number")
+    if not isinstance(info.get("history", []), list):
+        raise bad("the run record's history is not a list")
+    for key, target in _targets(info["config"]):
+        if not isinstance(target, str) or not moved_target(target).startswith(ALLOWED_TARGETS):
+            raise bad(f"config {key}={target!r} is not a class of esc50-lightning, torch.optim or Lightning")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely: tensors and plain values only (``weights_only``), so a crafted file
+    cannot run code; its run record is checked before anything is built from it."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{path}: checkpoint not found")
+    if not path.is_file():
+        raise UserError(f"{path}: not a file; give a checkpoint such as <run>/checkpoints/last.ckpt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"{path}: refused, it holds Python objects that could run code when loaded ({_refusal(err)}); "
+            "esc50-lightning checkpoints hold only tensors and plain values"
+        ) from err
     except Exception as err:
         raise UserError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from err
-    if not isinstance(ckpt, dict) or "esc50" not in ckpt or "state_dict" not in ckpt:
-        raise UserError(f"{path}: not an esc50-lightning checkpoint (no 'esc50' run record)")
-    if isinstance(ckpt["esc50"].get("config"), dict):
-        ckpt["esc50"]["config"] = _update_targets(ckpt["esc50"]["config"])
+    _check_record(path, ckpt)
+    ckpt["esc50"]["config"] = _update_targets(ckpt["esc50"]["config"])
     return ckpt
 
 
@@ -73,6 +148,12 @@ def offline_net(net: dict[str, Any]) -> dict[str, Any]:
     return net
 
 
+def _first_line(err: BaseException) -> str:
+    cause = err.__cause__ or err
+    text = str(cause).strip().splitlines()
+    return f"{cause.__class__.__name__}: {text[0]}" if text else cause.__class__.__name__
+
+
 def load_classifier(path: str | Path) -> tuple[AudioClassifier, dict[str, Any]]:
     """Rebuild the module a checkpoint was trained with, weights loaded, in eval mode."""
     ckpt = read_checkpoint(path)
@@ -80,8 +161,18 @@ def load_classifier(path: str | Path) -> tuple[AudioClassifier, dict[str, Any]]:
     config = copy.deepcopy(info["config"])
     config["model"]["net"] = offline_net(config["model"]["net"])
     config["compile"] = False
-    module = build_module(OmegaConf.create(config), list(info["data"]["class_names"]))
-    module.load_state_dict(plain_state_dict(ckpt["state_dict"]))
+    try:
+        module = build_module(OmegaConf.create(config), list(info["data"]["class_names"]))
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from err
+    except Exception as err:  # a damaged or hand-edited config: say so instead of a traceback
+        raise UserError(f"{path}: its config does not build a model ({_first_line(err)})") from err
+    try:
+        module.load_state_dict(plain_state_dict(ckpt["state_dict"]))
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()
+        shown = "; ".join(line.strip() for line in detail[1:3]) or detail[0]
+        raise UserError(f"{path}: its weights do not fit the model its config names ({shown})") from err
     module.run_info = info
     module.history = list(info.get("history", []))
     return module.eval(), info

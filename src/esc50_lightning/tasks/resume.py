@@ -41,6 +41,7 @@ def resolve_resume(ckpt_path: str | None, log_dir: Path, cfg: DictConfig | None 
         if not candidates:
             what = "" if cfg is None else " for " + " ".join(f"{k}={v}" for k, v in _identity(cfg).items())
             raise UserError(f"ckpt_path=latest: no checkpoints/last.ckpt under {log_dir}{what}")
+        read_checkpoint(candidates[-1])  # the same checks as a path given by hand
         return candidates[-1]
     path = Path(ckpt_path).expanduser()
     ckpt = read_checkpoint(path)  # clear error for a missing, damaged or foreign file

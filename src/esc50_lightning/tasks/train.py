@@ -88,7 +88,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
     )
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    # weights_only: Lightning re-reads the file resolve_resume checked; never let it unpickle objects
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     if trainer.interrupted:
         raise UserError("training interrupted; resume with ckpt_path=latest")
 

@@ -1,0 +1,148 @@
+"""Checkpoints are untrusted files: every command that takes one loads it with ``weights_only``, so a
+crafted file runs none of its code, and a malformed one gets one line naming it and what is wrong."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_dirs, run_script, script_env
+
+from esc50_lightning.checkpoints.record import load_classifier
+from esc50_lightning.pack import ensemble_checkpoint, slim_checkpoint
+
+SHIPPED = REPO / "src" / "esc50_lightning" / "pretrained" / "esc50_fold1.ckpt"
+
+
+class _Payload:
+    """Unpickling this calls ``Path.touch(marker)``: proof that a loader ran the file's code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> tuple[Path, Path]:
+    """A checkpoint with the project's top-level keys and a code-running object in its run record."""
+    marker = tmp_path / "payload-ran"
+    ckpt = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+    ckpt["esc50"]["note"] = _Payload(marker)
+    path = tmp_path / "hostile.ckpt"
+    torch.save(ckpt, path)
+    return path, marker
+
+
+def _commands(ckpt: Path, clip: Path, out: Path) -> dict[str, list[str]]:
+    return {
+        "predict": ["-m", "esc50_lightning.predict", "--ckpt", str(ckpt), str(clip)],
+        "eval.py": ["eval.py", f"ckpt_path={ckpt}", "data.limit_per_class=1"],
+        "export": ["-m", "esc50_lightning.export", "--ckpt", str(ckpt), "--out", str(out / "export")],
+        "pack": ["-m", "esc50_lightning.pack", str(ckpt), str(out / "slim.ckpt")],
+        "pack ensemble": ["-m", "esc50_lightning.pack", str(ckpt), str(SHIPPED), str(out / "ens.ckpt")],
+        "resume": ["train.py", "debug=tiny", f"ckpt_path={ckpt}"],
+    }
+
+
+@pytest.mark.parametrize("command", ["predict", "eval.py", "export", "pack", "pack ensemble", "resume"])
+def test_a_hostile_checkpoint_runs_no_code_in_any_command(command, hostile, esc50_root, cache_dir, tmp_path):
+    path, marker = hostile
+    out = tmp_path / "out"
+    clip = next((esc50_root / "audio").glob("1-*.wav"))
+    env = script_env(esc50_root, tmp_path, cache=cache_dir)
+    proc = run_script(_commands(path, clip, out)[command], env)
+    assert not marker.exists(), "the checkpoint's payload ran"
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(path) in errors[0] and "refused" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.rglob("*")), "nothing may be written from a refused file"
+    assert not run_dirs(tmp_path / "outputs"), "no run folder is left behind"
+
+
+def _malformed(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    good = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+    cases: dict[str, tuple[dict, str]] = {}
+    record = copy.deepcopy(good)
+    record["esc50"] = "a string"
+    cases["record not a mapping"] = (record, "holds no config")
+    names = copy.deepcopy(good)
+    names["esc50"]["data"]["class_names"] = 3
+    cases["class names not a list"] = (names, "no list of class names")
+    target = copy.deepcopy(good)
+    target["esc50"]["config"]["model"]["net"]["_target_"] = "os.system"
+    cases["a target outside the project"] = (target, "model.net._target_='os.system'")
+    shapes = copy.deepcopy(good)
+    first = next(k for k, v in shapes["state_dict"].items() if v.ndim == 4)
+    shapes["state_dict"][first] = torch.zeros(3, 3)
+    cases["weights of the wrong shape"] = (shapes, "weights do not fit")
+    state = copy.deepcopy(good)
+    state["state_dict"] = {"net.x": "not a tensor"}
+    cases["state dict of strings"] = (state, "not a mapping of names to tensors")
+    out = {}
+    for n, (ckpt, expected) in enumerate(cases.items()):
+        path = tmp_path / f"bad{n}.ckpt"
+        torch.save(expected[0], path)
+        out[ckpt] = (path, expected[1])
+    (tmp_path / "truncated.ckpt").write_bytes(SHIPPED.read_bytes()[:5000])
+    out["truncated file"] = (tmp_path / "truncated.ckpt", "not a readable checkpoint")
+    (tmp_path / "folder.ckpt").mkdir()
+    out["a folder"] = (tmp_path / "folder.ckpt", "not a file")
+    return out
+
+
+def test_malformed_checkpoints_get_one_line_naming_the_problem(tmp_path):
+    for case, (path, expected) in _malformed(tmp_path).items():
+        with pytest.raises(Exception) as caught:
+            load_classifier(path)
+        assert caught.type.__name__ == "UserError", (case, caught.value)
+        message = str(caught.value)
+        assert str(path) in message and expected in message and "\n" not in message, (case, message)
+
+
+def test_a_malformed_checkpoint_through_predict_is_one_line_and_exit_2(esc50_root, cache_dir, tmp_path):
+    path, expected = _malformed(tmp_path)["weights of the wrong shape"]
+    clip = next((esc50_root / "audio").glob("1-*.wav"))
+    env = script_env(esc50_root, tmp_path, cache=cache_dir)
+    proc = run_script(["-m", "esc50_lightning.predict", "--ckpt", str(path), str(clip)], env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path}: {proc.stderr.split(f'{path}: ', 1)[1].strip()}"
+    ]
+    assert expected in proc.stderr
+
+
+def test_every_kind_of_checkpoint_the_project_writes_loads_weights_only(
+    holdout_run, esc50_root, cache_dir, tmp_path
+):
+    """Full (best), last, slim and ensemble checkpoints hold tensors and plain values only, and a run
+    resumes from a full checkpoint through Lightning's own loader with weights_only=True."""
+    ckpts = sorted((holdout_run / "checkpoints").glob("*.ckpt"))
+    assert {p.name for p in ckpts} >= {"last.ckpt"} and len(ckpts) == 2  # last and the best
+    slim = slim_checkpoint(ckpts[0], tmp_path / "slim.ckpt")
+    ensemble = ensemble_checkpoint([ckpts[0], ckpts[1]], tmp_path / "ens.ckpt")
+    for path in (*ckpts, slim, ensemble, SHIPPED):
+        raw = torch.load(path, map_location="cpu", weights_only=True)  # raises on any pickled object
+        assert isinstance(raw["esc50"]["config"], dict)
+        module, info = load_classifier(path)
+        assert len(info["data"]["class_names"]) == 50 and not module.training
+
+    # resume: a copy outside the run folder continues in a new run folder, one epoch more
+    resumed_from = tmp_path / "from" / "last.ckpt"
+    resumed_from.parent.mkdir()
+    resumed_from.write_bytes((holdout_run / "checkpoints" / "last.ckpt").read_bytes())
+    env = script_env(esc50_root, tmp_path, cache=cache_dir)
+    overrides = ["data.protocol=holdout", "data.fold=2", "model=cnn4", "+trainer.limit_train_batches=2"]
+    proc = run_script(
+        ["train.py", "debug=tiny", *overrides, "trainer.max_epochs=3", f"ckpt_path={resumed_from}"], env
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run,) = run_dirs(tmp_path / "outputs")
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 2  # Lightning counts from 0: the third epoch
+    assert os.path.getsize(run / "metrics.json") > 0
