@@ -45,10 +45,18 @@ def _update_targets(node: Any) -> Any:
     return node
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def checkpoint_path(path: str | Path) -> Path:
+    """``path`` as a checkpoint file that exists, or a ``UserError`` saying what it is instead."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = checkpoint_path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
