@@ -92,7 +92,7 @@ def _malformed(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     (tmp_path / "truncated.ckpt").write_bytes(SHIPPED.read_bytes()[:5000])
     out["truncated file"] = (tmp_path / "truncated.ckpt", "not a readable checkpoint")
     (tmp_path / "folder.ckpt").mkdir()
-    out["a folder"] = (tmp_path / "folder.ckpt", "not a file")
+    out["a folder"] = (tmp_path / "folder.ckpt", "is a folder, not a checkpoint file")
     return out
 
 

@@ -214,7 +214,7 @@ def test_predict_reports_a_broken_file_and_predicts_the_rest(predicted: dict) ->
     proc = predicted["proc"]
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "broken.wav: cannot read audio" in errors[0]
+    assert len(errors) == 1 and "broken.wav: not a readable audio file" in errors[0]
     assert "Traceback" not in proc.stderr
     assert set(predicted["by_name"]) == {
         "stereo_48k.wav",

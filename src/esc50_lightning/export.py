@@ -1,13 +1,17 @@
 """Export a checkpoint as a self-contained model that takes raw waveforms.
 
-``python -m esc50_lightning.export --ckpt PATH [--out DIR]`` writes, next to the checkpoint or in
-DIR, ``<name>.torchscript.pt`` (always), ``<name>.onnx`` (when the ONNX exporter manages) and
-``<name>.json`` (class names, sample rate, input length). Both models map float waveforms
-``(batch, samples)`` at the checkpoint's sample rate (44.1 kHz for ESC-50), scaled to [-1, 1],
-of exactly the training clip length (220500 samples for ESC-50), to **logits** ``(batch,
-classes)``; apply a softmax for probabilities. The spectrogram frontend (log-mel, standardisation,
-centred crop) is inside the model. Longer recordings: slide windows of that length, as
-``esc50_lightning.predict`` does.
+``python -m esc50_lightning.export --ckpt PATH [--out DIR] [--force]`` writes, in DIR (default:
+the current folder), ``<name>.torchscript.pt`` (always), ``<name>.onnx`` (when the ONNX exporter
+manages) and ``<name>.json`` (class names, sample rate, input length). It refuses a DIR inside the
+installed package (the shipped model's folder) and, without ``--force``, any of those files that
+already exists, before writing anything. Each file is written to a temporary name and renamed
+into place once all are complete, so a failed export leaves no half-written file.
+
+Both models map float waveforms ``(batch, samples)`` at the checkpoint's sample rate (44.1 kHz
+for ESC-50), scaled to [-1, 1], of exactly the training clip length (220500 samples for ESC-50),
+to **logits** ``(batch, classes)``; apply a softmax for probabilities. The spectrogram frontend
+(log-mel, standardisation, centred crop) is inside the model. Longer recordings: slide windows of
+that length, as ``esc50_lightning.predict`` does.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import argparse
 import contextlib
 import io
 import json
+import os
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from esc50_lightning.checkpoints.record import load_classifier
+from esc50_lightning.checkpoints.record import checkpoint_path, load_classifier
 from esc50_lightning.data.audio import clip_samples
 from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.features import FeatureExtractor
+
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class WaveformClassifier(nn.Module):
@@ -121,23 +130,98 @@ def onnx_max_difference(path: Path, model: WaveformClassifier, samples: int) -> 
     return float(np.abs(ours - ref).max())
 
 
-def export(ckpt: str | Path, out_dir: str | Path | None = None, onnx: bool = True) -> dict[str, Any]:
-    """Write the exported model files; return what was written (and why ONNX was not, if so)."""
-    ckpt = Path(ckpt).expanduser()
+def export_targets(ckpt: Path, out: Path, onnx: bool = True) -> dict[str, Path]:
+    """The files an export of ``ckpt`` into ``out`` writes (ONNX only where it is attempted)."""
+    targets = {"torchscript": out / f"{ckpt.stem}.torchscript.pt"}
+    if onnx:
+        targets["onnx"] = out / f"{ckpt.stem}.onnx"
+    targets["metadata"] = out / f"{ckpt.stem}.json"
+    return targets
+
+
+def check_destination(out: Path, targets: dict[str, Path], force: bool) -> None:
+    """Refuse, before anything is written, a folder inside the installed package, a ``--out``
+    that is not a folder, and (without ``force``) target files that exist already."""
+    resolved = out.resolve()
+    if resolved == PACKAGE_DIR or PACKAGE_DIR in resolved.parents:
+        raise UserError(
+            f"--out {out}: inside the installed package ({PACKAGE_DIR}); "
+            "export to a folder of your own (the default is the current folder)"
+        )
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"--out {out}: {existing} is a file, not a folder")
+    folders = [str(p) for p in targets.values() if p.is_dir()]
+    if folders:
+        raise UserError(f"{', '.join(folders)}: a folder is in the way of the export; nothing was written")
+    present = [str(p) for p in targets.values() if p.exists() or p.is_symlink()]
+    if present and not force:
+        verb = "exists" if len(present) == 1 else "exist"
+        raise UserError(
+            f"{', '.join(present)}: already {verb} (pass --force to overwrite); nothing was written"
+        )
+
+
+@contextlib.contextmanager
+def staged(targets: dict[str, Path]) -> Iterator[dict[str, Path]]:
+    """Temporary paths beside ``targets``; those that hold a file at the end are fsynced and
+    renamed onto their targets, and none is left behind on an error."""
+    temps: dict[str, Path] = {}
+    try:
+        for key, target in targets.items():
+            fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            os.close(fd)
+            temps[key] = Path(name)
+        yield temps
+        for key, temp in temps.items():
+            if temp.exists():  # a failed ONNX export removes its file
+                with open(temp, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.chmod(temp, 0o644)  # mkstemp creates 0600; exported models are meant to be shared
+                os.replace(temp, targets[key])
+    finally:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
+
+
+def export(
+    ckpt: str | Path, out_dir: str | Path | None = None, onnx: bool = True, force: bool = False
+) -> dict[str, Any]:
+    """Write the exported model files into ``out_dir`` (default: the current folder); return what
+    was written (and why ONNX was not, if so). Checks every target before writing any."""
+    ckpt = checkpoint_path(ckpt)
+    out = Path(out_dir).expanduser() if out_dir else Path.cwd()
+    targets = export_targets(ckpt, out, onnx)
+    check_destination(out, targets, force)
     module, info = load_classifier(ckpt)
     data = info["data"]
     samples = clip_samples(int(data["sample_rate"]), float(data["clip_seconds"]))
     model = WaveformClassifier(module.features, module.net).eval()
-    out = Path(out_dir).expanduser() if out_dir else ckpt.parent
-    out.mkdir(parents=True, exist_ok=True)
-    stem = ckpt.stem
-    written: dict[str, Any] = {
-        "torchscript": export_torchscript(model, samples, out / f"{stem}.torchscript.pt")
-    }
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with staged(targets) as temps:
+            return _write(ckpt, module, info, model, samples, targets, temps)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise UserError(f"--out {out}: cannot write there ({reason}); nothing was written") from None
+
+
+def _write(
+    ckpt: Path,
+    module: Any,
+    info: dict[str, Any],
+    model: WaveformClassifier,
+    samples: int,
+    targets: dict[str, Path],
+    temps: dict[str, Path],
+) -> dict[str, Any]:
+    data = info["data"]
+    export_torchscript(model, samples, temps["torchscript"])
+    written: dict[str, Any] = {"torchscript": targets["torchscript"]}
     onnx_path, onnx_skipped = (
-        export_onnx(model, samples, out / f"{stem}.onnx") if onnx else (None, "--no-onnx")
+        export_onnx(model, samples, temps["onnx"]) if "onnx" in temps else (None, "--no-onnx")
     )
-    written["onnx"] = onnx_path
+    written["onnx"] = targets["onnx"] if onnx_path is not None else None
     written["onnx_skipped"] = onnx_skipped
     if onnx_path is not None:
         written["onnx_max_abs_difference"] = onnx_max_difference(onnx_path, model, samples)
@@ -155,8 +239,8 @@ def export(ckpt: str | Path, out_dir: str | Path | None = None, onnx: bool = Tru
         "checkpoint": str(ckpt.resolve()),
         "files": {k: Path(v).name for k, v in written.items() if k in ("torchscript", "onnx") and v},
     }
-    written["metadata"] = out / f"{stem}.json"
-    written["metadata"].write_text(json.dumps(sidecar, indent=2) + "\n")
+    temps["metadata"].write_text(json.dumps(sidecar, indent=2) + "\n")
+    written["metadata"] = targets["metadata"]
     return written
 
 
@@ -166,14 +250,13 @@ def main(argv: list[str] | None = None) -> None:
         description="Export a checkpoint (frontend included) as TorchScript and, where possible, ONNX.",
     )
     parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
-    parser.add_argument("--out", help="output folder (default: the checkpoint's folder)")
+    parser.add_argument("--out", help="output folder (default: the current folder)")
+    parser.add_argument("--force", action="store_true", help="overwrite files of an earlier export")
     parser.add_argument("--no-onnx", action="store_true", help="write TorchScript only")
     args = parser.parse_args(argv)
 
     def run() -> None:
-        if not Path(args.ckpt).expanduser().is_file():
-            raise UserError(f"{args.ckpt}: checkpoint not found")
-        written = export(args.ckpt, args.out, onnx=not args.no_onnx)
+        written = export(args.ckpt, args.out, onnx=not args.no_onnx, force=args.force)
         print(f"TorchScript: {written['torchscript']}")
         if written["onnx"] is not None:
             diff = written.get("onnx_max_abs_difference")

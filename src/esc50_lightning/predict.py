@@ -4,14 +4,17 @@
 every file. Any file soundfile reads works (WAV, FLAC, OGG, MP3, ...), at any sample rate, mono
 or multi-channel (averaged), of any length: a file shorter than the training clip is zero-padded,
 a longer one is scored over sliding windows of the clip length whose probabilities are averaged.
-A file that cannot be read gets one error line; the others are still predicted, and the exit
-status is 1 at the end.
+A file that cannot be used (unreadable, empty, cut short, holding NaN or infinite samples) gets one
+``error:`` line naming it and the problem; the others are still predicted, and the exit status is 1
+at the end. Entries of a folder that are not predicted (a sub-folder named like an audio file,
+a broken link, files without an audio suffix) are named on stderr in ``skipped:`` lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from esc50_lightning.atomic import atomic_file
 from esc50_lightning.checkpoints.record import load_classifier
 from esc50_lightning.data.audio import AudioReadError, clip_samples, fit_length, read_mono
 from esc50_lightning.errors import UserError, run_guarded
@@ -43,10 +47,8 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs: Any) -> Predictor:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is available here (use --device cpu)")
+        target = parse_device(device)
         module, info = load_classifier(path)
-        target = torch.device(device)
         return cls(module.to(target).eval(), info, target, **kwargs)
 
     @property
@@ -91,6 +93,11 @@ class Predictor:
     def predict_file(self, path: Path, top_k: int, per_window: bool) -> dict[str, Any]:
         clip = read_mono(path, self.sample_rate)
         starts, probs = self.window_probabilities(clip.samples)
+        if not np.isfinite(probs).all():  # finite but huge samples can overflow the spectrogram
+            peak = float(np.abs(clip.samples).max())
+            raise AudioReadError(
+                f"the model's scores are not finite (largest |sample| {peak:.3g}; audio belongs in [-1, 1])"
+            )
         result: dict[str, Any] = {
             "file": str(path),
             "duration_seconds": round(len(clip.samples) / self.sample_rate, 3),
@@ -118,16 +125,60 @@ class Predictor:
         ]
 
 
-def expand_inputs(items: list[str]) -> list[Path]:
-    """Files as given, folders expanded to the audio files under them (sorted)."""
+def parse_device(device: str) -> torch.device:
+    """``--device`` as a torch device, or a ``UserError`` saying why it cannot be used here."""
+    try:
+        target = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device}: not a device name (use cpu, cuda or cuda:N)") from None
+    if target.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: not supported (use cpu, cuda or cuda:N)")
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device is available here (use --device cpu)")
+        if target.index is not None and target.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise UserError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0-{count - 1}")
+    return target
+
+
+def _shown(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def expand_inputs(items: list[str]) -> tuple[list[Path], list[str]]:
+    """Files as given, folders expanded to the audio files under them (sorted).
+
+    Returns the paths and one ``skipped`` note per folder entry that is not predicted: each
+    entry named like an audio file that is not one (a folder, a broken link, a pipe), and per
+    folder the files without an audio suffix. Files named explicitly are always tried.
+    """
     paths: list[Path] = []
+    skipped: list[str] = []
     for item in items:
         path = Path(item).expanduser()
-        if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-        else:
+        if not path.is_dir():
             paths.append(path)
-    return paths
+            continue
+        other: list[str] = []
+        for entry in sorted(path.rglob("*")):
+            audio_name = entry.suffix.lower() in AUDIO_SUFFIXES
+            if entry.is_file():
+                if audio_name:
+                    paths.append(entry)
+                else:
+                    other.append(str(entry.relative_to(path)))
+            elif audio_name:
+                if entry.is_dir():
+                    skipped.append(f"{entry}/ is a folder, not an audio file (its contents are searched)")
+                elif entry.is_symlink() and not entry.exists():
+                    skipped.append(f"{entry} is a broken link")
+                else:
+                    skipped.append(f"{entry} is not a regular file")
+        if other:
+            skipped.append(f"{len(other)} file(s) in {path}/ without an audio suffix: {_shown(other)}")
+    return paths, skipped
 
 
 def resolve_checkpoint(ckpt: str | None) -> Path:
@@ -182,32 +233,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def json_target(option: str | None) -> Path | None:
+    """The ``--json PATH`` file, checked before any work: its folder exists, it is not a folder,
+    and it is not named like an audio file (``--json a.wav b.wav`` would overwrite ``a.wav``)."""
+    if option is None or option == "-":
+        return None
+    target = Path(option).expanduser()
+    if target.suffix.lower() in AUDIO_SUFFIXES:
+        raise UserError(
+            f"--json {option}: named like an audio file; give a .json path "
+            "(or put --json last to print the JSON)"
+        )
+    if target.is_dir():
+        raise UserError(f"--json {option}: is a folder; give a file path")
+    if not target.parent.is_dir():
+        raise UserError(f"--json {option}: folder {target.parent} does not exist")
+    return target
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
         if args.top_k < 1:
             raise UserError(f"--top-k {args.top_k}: must be at least 1")
-        if args.hop is not None and args.hop <= 0:
+        if args.hop is not None and not (math.isfinite(args.hop) and args.hop > 0):
             raise UserError(f"--hop {args.hop}: must be a positive number of seconds")
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+        json_path = json_target(args.json)
         ckpt = resolve_checkpoint(args.ckpt)
+        paths, skipped = expand_inputs(args.inputs)
+        for note in skipped:
+            print(f"skipped: {note}", file=sys.stderr)
+        if not paths:
+            raise UserError(f"no audio files found in {' '.join(args.inputs)}")
         predictor = Predictor.from_checkpoint(
             ckpt, args.device, hop_seconds=args.hop, batch_size=args.batch_size
         )
-        paths = expand_inputs(args.inputs)
-        if not paths:
-            raise UserError(f"no audio files found in {' '.join(args.inputs)}")
         top_k = min(args.top_k, len(predictor.class_names))
         text = args.json != "-"
         results, errors = [], []
         for path in paths:
             try:
-                if not path.is_file():
+                if not path.exists():
                     raise AudioReadError("no such file")
+                if not path.is_file():
+                    raise AudioReadError("not a regular file")
                 result = predictor.predict_file(path, top_k, args.per_window)
             except AudioReadError as err:
                 errors.append({"file": str(path), "error": str(err)})
-                print(f"error: {path}: cannot read audio ({err})", file=sys.stderr)
+                print(f"error: {path}: {err}", file=sys.stderr)
                 continue
             results.append(result)
             if text:
@@ -224,10 +300,14 @@ def main(argv: list[str] | None = None) -> None:
                 "errors": errors,
             }
             encoded = json.dumps(payload, indent=2)
-            if args.json == "-":
+            if json_path is None:
                 print(encoded)
             else:
-                Path(args.json).expanduser().write_text(encoded + "\n")
+                try:
+                    with atomic_file(json_path, "w") as handle:
+                        handle.write(encoded + "\n")
+                except OSError as err:
+                    raise UserError(f"--json {args.json}: cannot write ({err.strerror or err})") from None
                 print(f"wrote {args.json}")
         return 1 if errors else 0
 

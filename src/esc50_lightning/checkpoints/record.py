@@ -113,14 +113,20 @@ def _check_record(path: Path, ckpt: Any) -> None:
             raise bad(f"config {key}={target!r} is not a class of esc50-lightning, torch.optim or Lightning")
 
 
+def checkpoint_path(path: str | Path) -> Path:
+    """``path`` as a checkpoint file that exists, or a ``UserError`` saying what it is instead."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    return path
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint safely: tensors and plain values only (``weights_only``), so a crafted file
     cannot run code; its run record is checked before anything is built from it."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"{path}: checkpoint not found")
-    if not path.is_file():
-        raise UserError(f"{path}: not a file; give a checkpoint such as <run>/checkpoints/last.ckpt")
+    path = checkpoint_path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

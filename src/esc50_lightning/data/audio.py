@@ -68,8 +68,27 @@ def _reason(err: Exception) -> str:
     return reason[:1].lower() + reason[1:]
 
 
+def non_finite(samples: np.ndarray) -> str | None:
+    """Describe the NaN and infinite samples a decoded signal holds, or None when all are finite.
+
+    Float WAV/FLAC files can store them; a single one turns every score computed from the clip
+    into NaN, so such a file is refused instead of being predicted or trained on.
+    """
+    finite = np.isfinite(samples)
+    if finite.all():
+        return None
+    nan = int(np.isnan(samples).sum())
+    inf = int(finite.size - finite.sum()) - nan
+    counts = ", ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "inf")) if n)
+    return f"holds non-finite samples (NaN or inf): {counts}"
+
+
 def read_mono(path: str | Path, sample_rate: int) -> Decoded:
-    """Read any soundfile-readable file, average channels to mono and resample to ``sample_rate``."""
+    """Read any soundfile-readable file, average channels to mono and resample to ``sample_rate``.
+
+    Raises ``AudioReadError`` (the reason, without the path) for a file that cannot be decoded,
+    holds no frames, is cut short or holds NaN/infinite samples.
+    """
     try:
         info = sf.info(str(path))
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
@@ -82,6 +101,9 @@ def read_mono(path: str | Path, sample_rate: int) -> Decoded:
     cut = wav_truncation(path)
     if cut:
         raise AudioReadError(cut)
+    bad = non_finite(data)
+    if bad:
+        raise AudioReadError(bad)
     mono = data.mean(axis=1)
     if rate != sample_rate:
         mono = AF.resample(torch.from_numpy(mono), rate, sample_rate).numpy()
