@@ -132,8 +132,14 @@ class ClipStore:
         self.spec, self.directory, self.frontend = spec, directory, frontend
 
     def _file_stats(self, table: FoldedTable) -> tuple[list[tuple[str, int, int]], list[str]]:
-        """(path, size, mtime) of every clip, and the clips that are missing or empty."""
+        """(path, size, mtime) of every clip, and the clips that are missing or empty.
+
+        The path is the real path of the clip's folder plus its file name, so a relative, absolute
+        or symlinked spelling of the same folder gives the same key (and an absolute path without
+        symlinks the key it always had).
+        """
         problems, stats = [], []
+        folders: dict[Path, str] = {}
         for path in table.paths:
             try:
                 st = path.stat()
@@ -144,7 +150,9 @@ class ClipStore:
                 problems.append(f"{path}: not a file")
             elif st.st_size == 0:
                 problems.append(f"{path}: file is empty (0 bytes)")
-            stats.append((str(path), st.st_size, st.st_mtime_ns))
+            if path.parent not in folders:
+                folders[path.parent] = os.path.realpath(path.parent)
+            stats.append((os.path.join(folders[path.parent], path.name), st.st_size, st.st_mtime_ns))
         return stats, problems
 
     def _waveform_key(self, table: FoldedTable) -> str:
