@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from minids import make_subset
 
 from esc50_lightning.data import FoldedAudioDataModule
 from esc50_lightning.data.table import DatasetSpec
+from esc50_lightning.errors import DataError
 
 
 def _dm(root: Path | str, cache: Path, features: bool = False) -> FoldedAudioDataModule:
@@ -59,3 +61,27 @@ def test_one_entry_for_relative_absolute_and_symlinked_spellings(
     stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in dm.table.paths]
     payload = json.dumps({"files": stats, "rate": 44100, "samples": 220500, "v": 1})
     assert npy.stem == f"waveforms-{hashlib.sha1(payload.encode()).hexdigest()[:16]}"
+
+
+def test_non_finite_samples_are_listed_with_every_other_bad_file(esc50_root: Path, tmp_path: Path) -> None:
+    """EXPECTATION SHARED WITH THE read_mono NaN/inf CHECK (another branch): data/audio.read_mono
+    will raise AudioReadError for non-finite samples; store.py checks the decoded samples as well,
+    so this passes on this branch alone and after the merge (the message then comes from
+    read_mono, hence the loose pattern)."""
+    root, cache = tmp_path / "esc50", tmp_path / "cache"
+    names = list(make_subset(esc50_root, root).filename)
+    clip, rate = sf.read(root / "audio" / names[0], dtype="float32")
+    clip[1000] = np.nan
+    sf.write(root / "audio" / names[0], clip, rate, subtype="FLOAT")  # a float WAV holding a NaN
+    truncated = root / "audio" / names[1]
+    truncated.write_bytes(truncated.read_bytes()[:50_000])
+
+    dm = _dm(root, cache)
+    with pytest.raises(DataError) as caught:
+        dm.prepare_data()
+    problems = caught.value.problems
+    assert len(problems) == 2, problems
+    (nan,) = [p for p in problems if p.startswith(f"{root / 'audio' / names[0]}: ")]
+    assert any(word in nan.lower() for word in ("nan", "non-finite", "not finite")), nan
+    assert any(p.startswith(f"{truncated}: ") and "truncated" in p for p in problems), problems
+    assert not list((cache / "esc50").glob("*.npy")), "nothing cached from bad audio"

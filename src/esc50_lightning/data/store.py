@@ -218,6 +218,9 @@ class ClipStore:
             except AudioReadError as err:
                 problems.append(f"{path}: {err}")
                 return
+            if not np.isfinite(clip.samples).all():  # would be cast to arbitrary int16 values
+                problems.append(f"{path}: holds non-finite samples (NaN or infinity)")
+                return
             if clip.source_rate != self.spec.sample_rate:
                 converted["sample rate"].append(f"{path} ({clip.source_rate} Hz)")
             if clip.source_channels != 1:
