@@ -7,6 +7,9 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from minids import make_subset
+from conftest import REPO
+from minids import make_subset, snapshot
 
+from esc50_lightning import cache as cache_cli
 from esc50_lightning.data import FoldedAudioDataModule, store
 from esc50_lightning.data.store import ArrayCache, file_lock
 from esc50_lightning.data.table import DatasetSpec
@@ -41,6 +46,11 @@ def _count(caplog: pytest.LogCaptureFixture, text: str) -> int:
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def _cli(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    cache_cli.main(list(argv))
+    return capsys.readouterr().out
 
 
 def test_one_entry_for_relative_absolute_and_symlinked_spellings(
@@ -136,6 +146,120 @@ def test_prepare_and_setup_checksum_the_file_once(
     assert len(calls) == 1
 
 
+# Decodes the dataset into the cache, but stops half-way through writing the array file, says so
+# and waits to be killed.
+STALLED_WRITER = r"""
+import io, os, sys, time
+from pathlib import Path
+import numpy as np
+from esc50_lightning.data import FoldedAudioDataModule
+from esc50_lightning.data.table import DatasetSpec
+
+root, cache, flag = sys.argv[1:4]
+def half_save(handle, array, allow_pickle=False):
+    data = io.BytesIO()
+    np.lib.format.write_array(data, array, allow_pickle=False)
+    handle.write(data.getvalue()[: len(data.getvalue()) // 2])
+    handle.flush()
+    Path(flag).touch()
+    time.sleep(600)
+np.save = half_save
+spec = DatasetSpec(name="esc50", root=root, folds=[1, 2, 3, 4, 5], num_classes=50)
+dm = FoldedAudioDataModule(spec, cache_dir=cache, cache_features=False)
+dm.prepare_data()
+"""
+
+
+def test_build_killed_mid_write_is_never_mapped(
+    esc50_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    root, cache, flag = tmp_path / "esc50", tmp_path / "cache", tmp_path / "half-written"
+    make_subset(esc50_root, root)
+    good = _waves(root, cache)
+    folder = cache / "esc50"
+    (npy,) = folder.glob("waveforms-*.npy")
+    marker = npy.with_suffix(".json")
+    data = bytearray(npy.read_bytes())
+    data[-1000] ^= 0xFF  # damaged: the next run rebuilds it ...
+    npy.write_bytes(bytes(data))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    args = [sys.executable, "-c", STALLED_WRITER, str(root), str(cache), str(flag)]
+    child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists():
+            assert child.poll() is None, child.communicate()[0]
+            assert time.monotonic() < deadline, "the child never started writing"
+            time.sleep(0.05)
+        # ... and is killed half-way through writing it: the marker went first, the new array
+        # exists only as a temp file, the damaged one is still in place.
+        (partial,) = folder.glob(f".{npy.name}.*.tmp")
+        assert 0 < partial.stat().st_size < npy.stat().st_size and not marker.exists()
+        # While it holds the lock, `cache list` says so and `cache prune --all` leaves it alone.
+        listing = _cli(capsys, "list", "--cache-dir", str(cache)).splitlines()
+        (row,) = [r for r in listing if npy.stem[len("waveforms-") :] in r]
+        assert row.split()[-1] == "building"
+        out = _cli(capsys, "prune", "--all", "--cache-dir", str(cache))
+        assert f"skipped esc50/{npy.stem}: in use by another process" in out
+        assert npy.exists() and partial.exists()
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert "incomplete" in _cli(capsys, "list", "--cache-dir", str(cache))
+
+    caplog.set_level(logging.INFO)
+    assert np.array_equal(_waves(root, cache), good), "the next run rebuilds, maps nothing partial"
+    assert _count(caplog, "decoded clips in") == 1
+    assert not list(folder.glob("*.tmp")) and marker.exists()
+
+
+def _entry_files(folder: Path, stem: str) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.startswith(stem) or p.name.startswith(f".{stem}"))
+
+
+def _populated_cache(esc50_root: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A cache holding a waveform and a log-mel entry of 10 clips, and files that are not ours."""
+    root, cache = tmp_path / "esc50", tmp_path / "cache"
+    make_subset(esc50_root, root)
+    _dm(root, cache, features=True).prepare_data()
+    (cache / "esc50" / "notes.txt").write_text("not a cache entry")
+    (cache / "esc50" / "waveforms-backup.npy").write_bytes(b"not ours either")
+    (cache / "README").write_text("mine")
+    return root, cache
+
+
+def test_cache_list_shows_entries_with_their_sizes(
+    esc50_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, cache = _populated_cache(esc50_root, tmp_path)
+    folder = cache / "esc50"
+    monkeypatch.setenv("ESC50_CACHE", str(cache))  # the default, as in the configs
+    out = _cli(capsys, "list")
+    header, *rows, total = out.strip().splitlines()
+    assert header.split() == ["dataset", "kind", "key", "size", "last", "used", "status"]
+    assert len(rows) == 2, out
+    sizes = 0
+    for row in rows:
+        dataset, kind, key, number, unit, day, minute, status = row.split()
+        files = _entry_files(folder, f"{kind}-{key}")
+        assert {p.suffix for p in files} == {".npy", ".json", ".lock"}
+        size = sum(p.stat().st_size for p in files)
+        sizes += size
+        assert (dataset, status) == ("esc50", "ok")
+        assert f"{number} {unit}" == cache_cli.human(size)
+        assert abs(float(number) - size / 1e6) < 0.05 and unit == "MB"
+        used = time.localtime((folder / f"{kind}-{key}.json").stat().st_mtime)
+        assert f"{day} {minute}" == time.strftime("%Y-%m-%d %H:%M", used)
+    assert {r.split()[1] for r in rows} == {"waveforms", "logmel"}
+    assert total == f"total: 2 entries, {cache_cli.human(sizes)} in {cache}"
+    assert "notes" not in out and "backup" not in out and "README" not in out
+
+
 def test_mapping_an_entry_updates_its_last_use(esc50_root: Path, tmp_path: Path) -> None:
     root, cache = tmp_path / "esc50", tmp_path / "cache"
     make_subset(esc50_root, root)
@@ -144,6 +268,51 @@ def test_mapping_an_entry_updates_its_last_use(esc50_root: Path, tmp_path: Path)
     os.utime(marker, (time.time() - 30 * 86400,) * 2)
     _waves(root, cache)
     assert time.time() - marker.stat().st_mtime < 60
+
+
+def test_cache_prune_older_than_all_and_dry_run(
+    esc50_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, cache = _populated_cache(esc50_root, tmp_path)
+    folder = cache / "esc50"
+    (old,) = folder.glob("waveforms-*.json")
+    (new,) = folder.glob("logmel-*.json")
+    os.utime(old, (time.time() - 10 * 86400,) * 2)  # last used ten days ago
+    old_files = _entry_files(folder, old.stem)
+    old_size = sum(p.stat().st_size for p in old_files)
+    before = snapshot(cache)
+    args = ("--cache-dir", str(cache))
+
+    out = _cli(capsys, "prune", "--older-than", "5", "--dry-run", *args)
+    assert f"would remove esc50/{old.stem} ({cache_cli.human(old_size)}" in out
+    assert new.stem not in out and f"would free {cache_cli.human(old_size)} (1 entry); kept 1" in out
+    assert snapshot(cache) == before, "a dry run removes nothing"
+
+    out = _cli(capsys, "prune", "--older-than", "5", *args)
+    assert f"removed esc50/{old.stem}" in out and f"freed {cache_cli.human(old_size)} (1 entry)" in out
+    assert not any(p.exists() for p in old_files)
+    assert all(p.exists() for p in _entry_files(folder, new.stem))
+    assert _cli(capsys, "prune", "--older-than", "5", *args).startswith("freed 0 B (0 entries); kept 1")
+
+    # An entry whose lock another holder has (a build) is never removed, even with --all.
+    (lock,) = folder.glob("logmel-*.lock")
+    with file_lock(lock):
+        out = _cli(capsys, "prune", "--all", *args)
+    assert f"skipped esc50/{new.stem}: in use by another process" in out and new.exists()
+
+    before = snapshot(cache)
+    out = _cli(capsys, "prune", "--all", "--dry-run", *args)
+    assert f"would remove esc50/{new.stem}" in out and snapshot(cache) == before
+    out = _cli(capsys, "prune", "--all", *args)
+    assert f"removed esc50/{new.stem}" in out
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "waveforms-backup.npy"]
+    assert (cache / "README").exists(), "files that are not cache entries are left alone"
+    assert _cli(capsys, "list", *args).strip() == f"no cache entries in {cache}"
+
+    caplog.set_level(logging.INFO)  # a pruned cache is simply rebuilt
+    dm = _dm(root, cache, features=True)
+    dm.prepare_data()
+    assert _count(caplog, "decoded clips in") == 1 and _count(caplog, "Cached log-mels") == 1
 
 
 def test_lock_removed_while_waited_for_is_taken_again(tmp_path: Path) -> None:
@@ -168,6 +337,31 @@ def test_lock_removed_while_waited_for_is_taken_again(tmp_path: Path) -> None:
         pass
     release.set()
     thread.join(30)
+
+
+def test_cache_command_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "ESC50_CACHE": str(tmp_path / "absent")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "esc50_lightning.cache", "list"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    assert proc.stderr.splitlines() == [
+        f"error: {tmp_path / 'absent'}: no such cache folder (pass --cache-dir DIR or set ESC50_CACHE)"
+    ]
+    (tmp_path / "file").write_text("not a folder")
+    for argv, message in [
+        (["prune", "--all", "--cache-dir", str(tmp_path / "nope")], f"error: {tmp_path / 'nope'}: no such"),
+        (["list", "--cache-dir", str(tmp_path / "file")], f"error: {tmp_path / 'file'}: not a folder"),
+        (["prune", "--cache-dir", str(tmp_path)], "error: prune needs --older-than DAYS or --all"),
+        (["prune", "--older-than", "-1", "--cache-dir", str(tmp_path)], "error: --older-than -1: must be"),
+        (["prune", "--older-than", "nan", "--cache-dir", str(tmp_path)], "error: --older-than nan: must be"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            cache_cli.main(argv)
+        out, err = capsys.readouterr()
+        assert exited.value.code == 2 and out == "", argv
+        (line,) = err.splitlines()
+        assert line.startswith(message), (argv, line)
 
 
 def test_non_finite_samples_are_listed_with_every_other_bad_file(esc50_root: Path, tmp_path: Path) -> None:
