@@ -4,19 +4,23 @@ files and settings. ``ArrayCache`` is one on-disk array, written atomically unde
 validated when read, rebuilt when bad.
 
 Each entry is ``<dir>/<name>.npy`` plus ``<name>.json`` (the commit marker, written last) that
-records the key, shape, dtype and byte size. An entry whose marker is missing or disagrees with
-the file is treated as absent and rebuilt; concurrent builders serialise on ``<name>.lock``.
+records the key, shape, dtype, byte size and a CRC-32 of every 16 MiB of the file. An entry whose
+marker is missing (an interrupted build) is treated as absent and rebuilt; one whose file
+disagrees with its marker (truncated, overwritten, a flipped byte) is rebuilt with one warning.
+Concurrent builders serialise on ``<name>.lock``; ``python -m esc50_lightning.cache prune`` takes
+the same lock before removing an entry. Mapping an entry touches its marker: its mtime is the
+entry's last use.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,21 +32,37 @@ from esc50_lightning.atomic import atomic_file
 from esc50_lightning.data.audio import AudioReadError, fit_length, read_mono
 from esc50_lightning.data.table import DatasetSpec, FoldedTable
 from esc50_lightning.errors import DataError, UserError
+from esc50_lightning.filelock import file_lock
 
 log = logging.getLogger(__name__)
 
 INT16_SCALE = 32767.0  # the waveform cache holds int16 samples
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+CHECKSUM_CHUNK = 16 << 20  # bytes per CRC-32 in a marker
+
+
+def chunk_checksums(path: Path, chunk: int = CHECKSUM_CHUNK) -> list[int]:
+    """CRC-32 of every ``chunk`` bytes of the file, on up to 4 threads (pread and zlib release the GIL).
+
+    About 1 GB/s per core: well under a second for the 880 MB ESC-50 waveform cache whose decode
+    takes 12-42 s. Catches every flipped bit, truncation or burst, not deliberate tampering.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        offsets = range(0, size, chunk)
+
+        def crc(offset: int) -> int:
+            return zlib.crc32(os.pread(fd, min(chunk, size - offset), offset))
+
+        workers = min(4, os.cpu_count() or 1, len(offsets))
+        if workers <= 1:
+            return [crc(offset) for offset in offsets]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(crc, offsets))
+    finally:
+        os.close(fd)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -62,31 +82,73 @@ class ArrayCache:
         self.lock_path = self.directory / f"{name}.lock"
 
     def load(self) -> np.ndarray | None:
-        """The cached array, or None when absent, stale or damaged.
+        """The cached array, or None when absent, stale or damaged."""
+        return self.open()[0]
 
-        Memory-mapped copy-on-write: pages load from the file on first use, and a write (none is
-        made) would stay private to this process; torch takes such an array without copying it.
+    def open(self, verify: bool = True) -> tuple[np.ndarray | None, str | None]:
+        """``(array, None)`` for a valid entry; ``(None, why)`` when the file is damaged;
+        ``(None, None)`` when there is no finished entry for this key (never built, interrupted).
+
+        The array is memory-mapped copy-on-write: pages load from the file on first use, and a
+        write (none is made) would stay private to this process; torch takes it without copying.
+        ``verify`` checks the file's CRC-32s against the marker (a full read of the file).
         """
         try:
             meta = json.loads(self.marker_path.read_text())
-            if meta.get("key") != self.key:
-                return None
-            if self.array_path.stat().st_size != meta["bytes"]:
-                return None
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError) as err:
+            return None, f"unreadable marker {self.marker_path.name} ({err})"
+        if not isinstance(meta, dict) or meta.get("key") != self.key:
+            return None, None  # another key's entry: stale, not damaged
+        try:
+            size = self.array_path.stat().st_size
+            if size != meta["bytes"]:
+                return None, f"{size} bytes, {meta['bytes']} when written"
             array = np.load(self.array_path, mmap_mode="c", allow_pickle=False)
             if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
-                return None
-            return array
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
-            return None
+                return None, f"{array.dtype}{list(array.shape)}, {meta['dtype']}{meta['shape']} when written"
+            checksum = meta.get("checksum")
+            if not isinstance(checksum, dict) or checksum.get("algo") != "crc32":
+                self._add_checksum(meta)  # written before markers had checksums: record one now
+            elif verify:
+                chunk = int(checksum["chunk"])
+                found = chunk_checksums(self.array_path, chunk)
+                bad = [i for i, (a, b) in enumerate(zip(found, checksum["crcs"], strict=True)) if a != b]
+                if bad:
+                    start, end = bad[0] * chunk, min(size, (bad[-1] + 1) * chunk)
+                    return None, f"checksum mismatch in bytes {start}-{end}"
+        except FileNotFoundError:
+            return None, f"{self.array_path.name} is missing"
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return None, f"unreadable ({err})"
+        with contextlib.suppress(OSError):  # last use, for `cache list` and `cache prune`
+            os.utime(self.marker_path)
+        return array, None
 
-    def get_or_build(self, build: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
-        """Return ``(array, built)``; at most one process builds, the others wait and read."""
-        array = self.load()
+    def _add_checksum(self, meta: dict[str, Any]) -> None:
+        """Record the checksum of an entry whose marker has none, unless someone is writing it."""
+        with contextlib.suppress(OSError, ValueError), file_lock(self.lock_path, wait=False):
+            if json.loads(self.marker_path.read_text()) == meta:
+                self._write_marker(meta)
+
+    def _write_marker(self, meta: dict[str, Any]) -> None:
+        crcs = chunk_checksums(self.array_path)
+        meta = {**meta, "checksum": {"algo": "crc32", "chunk": CHECKSUM_CHUNK, "crcs": crcs}}
+        _atomic_write_bytes(self.marker_path, json.dumps(meta).encode())
+
+    def get_or_build(self, build: Callable[[], np.ndarray], verify: bool = True) -> tuple[np.ndarray, bool]:
+        """Return ``(array, built)``; at most one process builds, the others wait and read.
+
+        ``verify=False`` skips the checksum of an entry found valid (one this process has checked).
+        """
+        array, damage = self.open(verify)
         if array is not None:
             return array, False
+        if damage:
+            log.warning("Cache file %s is damaged (%s); rebuilding it", self.array_path, damage)
         with file_lock(self.lock_path):
-            array = self.load()  # another process may have finished while we waited
+            array, _ = self.open()  # another process may have finished while we waited
             if array is not None:
                 return array, False
             # Under the lock no one else is writing this entry: temp files are a killed writer's.
@@ -94,8 +156,8 @@ class ArrayCache:
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
             self.write(np.ascontiguousarray(build()))
-            array = self.load()
-            assert array is not None, f"cache entry {self.array_path} unreadable right after writing"
+            array, damage = self.open(verify=False)  # write() has just checksummed the file
+            assert array is not None, f"cache entry {self.array_path} unreadable after writing ({damage})"
             return array, True
 
     def write(self, array: np.ndarray) -> None:
@@ -110,7 +172,16 @@ class ArrayCache:
             "dtype": str(array.dtype),
             "bytes": self.array_path.stat().st_size,
         }
-        _atomic_write_bytes(self.marker_path, json.dumps(meta).encode())
+        self._write_marker(meta)
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    """Which file is at ``path`` and its version: another inode, size or mtime is another file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return ()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class Frontend(Protocol):
@@ -130,10 +201,17 @@ class ClipStore:
 
     def __init__(self, spec: DatasetSpec, directory: Path, frontend: Frontend | None = None):
         self.spec, self.directory, self.frontend = spec, directory, frontend
+        self._checked: dict[str, tuple[int, ...]] = {}  # entry -> identity of the file it checked
 
     def _file_stats(self, table: FoldedTable) -> tuple[list[tuple[str, int, int]], list[str]]:
-        """(path, size, mtime) of every clip, and the clips that are missing or empty."""
+        """(path, size, mtime) of every clip, and the clips that are missing or empty.
+
+        The path is the real path of the clip's folder plus its file name, so a relative, absolute
+        or symlinked spelling of the same folder gives the same key (and an absolute path without
+        symlinks the key it always had).
+        """
         problems, stats = [], []
+        folders: dict[Path, str] = {}
         for path in table.paths:
             try:
                 st = path.stat()
@@ -144,7 +222,9 @@ class ClipStore:
                 problems.append(f"{path}: not a file")
             elif st.st_size == 0:
                 problems.append(f"{path}: file is empty (0 bytes)")
-            stats.append((str(path), st.st_size, st.st_mtime_ns))
+            if path.parent not in folders:
+                folders[path.parent] = os.path.realpath(path.parent)
+            stats.append((os.path.join(folders[path.parent], path.name), st.st_size, st.st_mtime_ns))
         return stats, problems
 
     def _waveform_key(self, table: FoldedTable) -> str:
@@ -172,7 +252,11 @@ class ClipStore:
 
     def _cached(self, cache: ArrayCache, build: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
         try:
-            return cache.get_or_build(build)
+            # prepare_data and setup in one process: checksum a file once, not on every mapping
+            verify = self._checked.get(cache.name) != _identity(cache.array_path)
+            array, built = cache.get_or_build(build, verify)
+            self._checked[cache.name] = _identity(cache.array_path)
+            return array, built
         except OSError as err:  # full disk, read-only or misplaced cache folder: say where and why
             raise UserError(
                 f"{cache.directory}: cannot write the data cache ({err.strerror or err}); free space there "
@@ -209,6 +293,9 @@ class ClipStore:
                 clip = read_mono(path, self.spec.sample_rate)
             except AudioReadError as err:
                 problems.append(f"{path}: {err}")
+                return
+            if not np.isfinite(clip.samples).all():  # would be cast to arbitrary int16 values
+                problems.append(f"{path}: holds non-finite samples (NaN or infinity)")
                 return
             if clip.source_rate != self.spec.sample_rate:
                 converted["sample rate"].append(f"{path} ({clip.source_rate} Hz)")
