@@ -1,7 +1,7 @@
 """Is the framework slower than a bare PyTorch loop doing the same work?
 
 ``python -m esc50_lightning.bench.loop [--epochs N] [overrides ...]`` trains the recipe the
-overrides name (e.g. ``experiment=cpu_best``) on folds 2-5 with validation on fold 1 twice:
+overrides name (e.g. ``experiment=vgg8_mixup``) on folds 2-5 with validation on fold 1 twice:
 
 1. **framework**: exactly what ``python train.py`` runs (Lightning Trainer, DataModule, Rich
    progress bar, TensorBoard, checkpoints every epoch, callbacks), in a temporary run folder;
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side, in ABBA order")
     parser.add_argument("--json", help="also write the raw figures to this file")
     parser.add_argument("--side", choices=["framework", "bare"], help=argparse.SUPPRESS)  # child process
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=cpu_best")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=vgg8_mixup")
     args = parser.parse_args(argv)
 
     def run() -> None:

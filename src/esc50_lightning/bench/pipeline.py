@@ -405,7 +405,7 @@ def render(results: dict[str, Any]) -> str:
             f"{s['warm']['cache_disk_gb']:.2f} GB on disk (waveforms + log-mels). Seconds exclude "
             "interpreter start and imports; the wall column includes them."
         )
-    # The targets were set for the 2-core development CPU (README, Performance); on a GPU the
+    # The targets were set for the 2-core development CPU (docs/performance.md); on a GPU the
     # same rows are printed for comparison, not as pass/fail of those targets.
     on_cpu = results["machine"].get("device", "cpu") == "cpu"
     heading = "### Targets" if on_cpu else "### Targets (set for a CPU; shown for comparison)"
