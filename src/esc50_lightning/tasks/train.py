@@ -103,6 +103,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     metrics = run_metrics(module.history, module.test_results, module.run_info, epochs=trainer.current_epoch)
     metrics["best_checkpoint"] = best
+    metrics["class_names"] = list(class_names)  # the report names classes no clip of a fold has
     if trainer.is_global_zero:
         table = datamodule.table
         save_metrics(run_dir / "metrics.json", metrics)
