@@ -106,6 +106,16 @@ def test_report_lists_failed_runs_never_averages_them_and_names_every_class(
     assert f"| {metrics['class_names'][ABSENT_CLASS]} | – |" in markdown
 
 
+def test_an_error_before_a_resume_is_not_the_reason(finished: Path, tmp_path: Path) -> None:
+    run = _copy_run(finished, tmp_path / "run", without=("metrics.json",))
+    crash = "[2026-01-01 10:00:09,000][esc50_lightning.hydra_ext.task][ERROR] - crashed: OSError: disk\n"
+    (run / "train.log").write_text(crash)
+    assert report.read_run(run).status == "failed"
+    resumed = "[2026-01-01 11:00:00,000][esc50_lightning.tasks.train][INFO] - Resuming from x in y\n"
+    (run / "train.log").write_text(crash + resumed)  # then killed: no error of its own
+    assert report.read_run(run).status == "incomplete"
+
+
 def test_class_names_come_from_the_runs_records(
     finished: Path, esc50_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

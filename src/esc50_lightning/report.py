@@ -170,13 +170,16 @@ _LOGGED_ERROR = re.compile(r"\]\[(?:ERROR|CRITICAL)\] - (.+)$")
 
 
 def _logged_error(run_dir: Path) -> str | None:
-    """The last error line of the run's log (``hydra_ext.task`` notes why a run stopped there)."""
+    """The last error line of the run's log (``hydra_ext.task`` notes why a run stopped there),
+    unless a later session resumed the run after it."""
     found = None
     for log_file in sorted(run_dir.glob("*.log")):
         with contextlib.suppress(OSError):
             for line in log_file.read_text(errors="replace").splitlines():
                 if match := _LOGGED_ERROR.search(line):
                     found = match.group(1).strip()
+                elif "Resuming from" in line:  # tasks/train.py: a new session, the error is past
+                    found = None
     return found
 
 
@@ -321,7 +324,8 @@ def _names_in_checkpoint(run_dir: Path) -> list[str] | None:
     folder = run_dir / "checkpoints"
     for path in [folder / "last.ckpt", *sorted(folder.glob("*.ckpt"))]:
         if path.is_file():
-            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            # weights_only: plain data only, so a foreign checkpoint cannot run code in the report
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             return ckpt["esc50"]["data"]["class_names"]
     return None
 
