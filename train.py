@@ -3,15 +3,21 @@
 import hydra
 from omegaconf import DictConfig
 
-from esc50_lightning.hydra_ext.task import guarded_task
-from esc50_lightning.tasks.train import train
+from esc50_lightning.hydra_ext.task import guarded_task, run_hydra_main
+
+
+def _train(cfg: DictConfig) -> dict:
+    # Imported here, not at the top: a config mistake is reported before torch and Lightning load.
+    from esc50_lightning.tasks.train import train
+
+    return train(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://esc50_lightning.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = guarded_task(train, cfg)
+    metrics = guarded_task(_train, cfg)
     return metrics.get("headline", {}).get("acc") if metrics else None
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_main(main)  # config mistakes Hydra finds: one line, exit 2 (hydra_ext/task.py)

@@ -161,7 +161,11 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
             "error: trainer.max_epochs=7 is not a multiple of trainer.check_val_every_n_epoch=5: "
             "under data.protocol=cv the final epoch is the result, and it would not be validated",
         ),
-        (["model=transformer"], "Could not find 'model/transformer'"),
+        (
+            ["model=transformer"],
+            "error: model=transformer: no such option; choose from cnn4, cnn8, resnet18, vgg8",
+        ),
+        (["data.fold=abc"], "error: data.fold=abc: not an integer; choose from 1, 2, 3, 4, 5"),
         (
             ["experiment=vgg8_mixup", "model.net.input_bn=64"],
             "error: model.net.input_bn=64, but features.crop gives the network 56 mel rows: "

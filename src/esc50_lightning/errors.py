@@ -29,10 +29,11 @@ def show_tracebacks() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("ESC50_FULL_ERROR") == "1"
 
 
-def run_guarded(fn: Callable[[], T], on_error: Callable[[], None] | None = None) -> T:
+def run_guarded(fn: Callable[[], T], on_error: Callable[[UserError], None] | None = None) -> T:
     """Run ``fn``; turn a ``UserError`` into ``error: ...`` on stderr and exit status 2.
 
-    ``on_error`` runs first (e.g. to remove a run folder the failed command left empty). A
+    ``on_error(err)`` runs first (e.g. to note the error in the run's log and remove a run folder
+    the failed command left empty). A
     ``UserError`` raised inside a constructor that ``hydra.utils.instantiate`` called arrives
     wrapped in Hydra's ``InstantiationException`` and is unwrapped here.
     """
@@ -47,6 +48,6 @@ def run_guarded(fn: Callable[[], T], on_error: Callable[[], None] | None = None)
         if show_tracebacks():
             raise
         if on_error is not None:
-            on_error()
+            on_error(err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -2,7 +2,14 @@
 
 ``python -m esc50_lightning.report DIR`` reads every run under DIR (a Hydra multirun, an outputs
 folder, any folder of run folders) and writes ``DIR/report/`` (``results.md``, ``results.csv``,
-``per_class.csv``, ``confusion_<model>_<protocol>.png``), printing the Markdown on stdout.
+``per_class.csv``, ``confusion_<model>_<protocol>.png``), printing the Markdown on stdout. The
+files are built in memory and renamed into place together: a report that fails leaves the
+previous one as it was.
+
+Failed and unfinished runs are listed with the reason (a config error their recorded config
+shows, the error their log ends with, or how far they got), never averaged. Class names come from
+the runs' own records (predictions, metrics.json, a checkpoint's run record, the dataset CSV their
+config names), also for a class no clip of the evaluated folds has.
 
 Runs are grouped by model, protocol and any other command-line override (so a learning-rate
 sweep is not averaged into one figure). Protocols are never mixed: under ``cv`` the figure is the
@@ -13,9 +20,13 @@ under ``holdout`` the figure is the test fold scored once with the checkpoint ch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
+import os
 import re
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,9 +40,10 @@ import torch
 from omegaconf import OmegaConf
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+from esc50_lightning.data.table import DatasetSpec, read_table
 from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.hydra_ext.run_dirs import read_run_config
-from esc50_lightning.tasks.results import atomic_write_text
+from esc50_lightning.hydra_ext.task import check_value_types
 from esc50_lightning.training.metrics import confusion_figure
 
 # Overrides that identify the fold, the model or the launcher, not a different experiment.
@@ -51,7 +63,7 @@ STD_NOTE = "std = sample standard deviation over runs (ddof=1)"
 @dataclass
 class Run:
     path: Path
-    status: str  # complete | incomplete | skipped
+    status: str  # complete | incomplete (no result yet) | failed (a known error) | skipped
     note: str = ""
     model: str | None = None
     protocol: str | None = None
@@ -102,6 +114,8 @@ def find_run_dirs(root: Path, exclude: Path | None = None) -> list[Path]:
 
 
 def _variant(run_dir: Path) -> str:
+    """The run's overrides that make it a different experiment. A resumed run's ``overrides.yaml``
+    holds the resuming command's (``tasks/resume.record_resume``): what it ran with last."""
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return ""
@@ -124,7 +138,77 @@ def _last_activity(run_dir: Path) -> str:
     return datetime.fromtimestamp(max(times)).strftime("%Y-%m-%d %H:%M") if times else "never"
 
 
+def _as_int(value: Any) -> int | None:
+    """A fold number as recorded, or ``None`` for anything that is not a whole number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def _config_error(run_dir: Path) -> str | None:
+    """The mistake in a run's recorded config that the command would refuse today (e.g. a run
+    started with ``data.fold=abc`` before that was checked), if any."""
+    cfg = read_run_config(run_dir)
+    if cfg is None:
+        return None
+    try:
+        check_value_types(cfg)
+    except UserError as err:
+        return str(err)
+    except Exception:  # an interpolation this process cannot resolve: not a verdict
+        return None
+    return None
+
+
+_LOGGED_ERROR = re.compile(r"\]\[(?:ERROR|CRITICAL)\] - (.+)$")
+
+
+def _logged_error(run_dir: Path) -> str | None:
+    """The last error line of the run's log (``hydra_ext.task`` notes why a run stopped there),
+    unless a later session resumed the run after it."""
+    found = None
+    for log_file in sorted(run_dir.glob("*.log")):
+        with contextlib.suppress(OSError):
+            for line in log_file.read_text(errors="replace").splitlines():
+                if match := _LOGGED_ERROR.search(line):
+                    found = match.group(1).strip()
+                elif "Resuming from" in line:  # tasks/train.py: a new session, the error is past
+                    found = None
+    return found
+
+
+def _unfinished(run: Run, run_dir: Path) -> Run:
+    """A run without metrics.json: failed (with the reason, when known) or not finished yet."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    has = "has checkpoints/last.ckpt" if ckpt.is_file() else "no checkpoint yet"
+    progress = f"no metrics.json: training did not finish ({has}; last activity {_last_activity(run_dir)})"
+    if reason := _config_error(run_dir):
+        run.status, run.note = "failed", f"config error: {reason}; {progress}"
+    elif reason := _logged_error(run_dir):
+        run.status, run.note = "failed", f"{reason}; {progress}"
+    else:
+        run.status, run.note = "incomplete", f"{progress}: interrupted, crashed or still running"
+    return run
+
+
 def read_run(run_dir: Path) -> Run:
+    """What a run folder holds; a folder whose records cannot be read is listed as failed."""
+    try:
+        return _read_run(run_dir)
+    except Exception as err:  # a damaged or foreign folder must not stop the report
+        detail = next(iter(str(err).splitlines()), "")
+        return Run(
+            path=run_dir, status="failed", note=f"unreadable run record ({err.__class__.__name__}: {detail})"
+        )
+
+
+def _read_run(run_dir: Path) -> Run:
     cfg = _hydra_config(run_dir)
     data_cfg = cfg.get("data") or {}
     run = Run(
@@ -132,7 +216,7 @@ def read_run(run_dir: Path) -> Run:
         status="complete",
         model=(cfg.get("model") or {}).get("name"),
         protocol=data_cfg.get("protocol"),
-        fold=data_cfg.get("fold"),
+        fold=_as_int(data_cfg.get("fold")),
         variant=_variant(run_dir),
     )
     task = cfg.get("task_name", "train")
@@ -147,21 +231,14 @@ def read_run(run_dir: Path) -> Run:
         task = metrics.get("task", task)
     if task != "train":
         if metrics:
-            run.model, run.fold = metrics.get("model"), metrics.get("fold")
+            run.model, run.fold = metrics.get("model"), _as_int(metrics.get("fold"))
         run.status, run.note = "skipped", f"not a training run (task {task})"
         return run
     if metrics is None:
-        ckpt = run_dir / "checkpoints" / "last.ckpt"
-        has = "has checkpoints/last.ckpt" if ckpt.is_file() else "no checkpoint yet"
-        run.status = "incomplete"
-        run.note = (
-            f"no metrics.json ({has}; last written {_last_activity(run_dir)}): "
-            "failed, interrupted or still running"
-        )
-        return run
+        return _unfinished(run, run_dir)
     run.model = metrics.get("model", run.model)
     run.protocol = metrics.get("protocol", run.protocol)
-    run.fold = metrics.get("fold", run.fold)
+    run.fold = _as_int(metrics.get("fold", run.fold))
     run.epochs = metrics.get("epochs")
     splits = metrics.get("splits") or {}
     run.all_folds = sorted({int(f) for part in splits.values() for f in part})
@@ -196,11 +273,69 @@ def _confusion(group: Group) -> None:
         (_hydra_config(r.path).get("data") or {}).get("dataset", {}).get("num_classes") for r in group.runs
     ]
     n = max([max(names) + 1, *[c for c in configured if isinstance(c, int)]])
-    group.class_names = [names.get(i, f"class {i}") for i in range(n)]
+    group.class_names = _class_names(group.runs, names, n)
+    n = len(group.class_names)
     group.confusion = multiclass_confusion_matrix(
         torch.tensor(table["prediction"].to_numpy()), torch.tensor(table["target"].to_numpy()), n
     ).numpy()
     group.confusion_runs = len(frames)
+
+
+def _class_names(runs: list[Run], seen: dict[int, str], n: int) -> list[str]:
+    """Names for classes 0..n-1 (or more, if a record has more): those the predictions show, the
+    rest from the runs' records. metrics.json is read for every run (it also tells how many
+    classes there are); checkpoints and the dataset CSV only while a class has no name yet."""
+    names = dict(seen)
+
+    def add(recorded: list[str] | None) -> None:
+        nonlocal n
+        n = max(n, len(recorded or []))
+        for i, name in enumerate(recorded or []):
+            names.setdefault(i, str(name))
+
+    for run in runs:
+        with contextlib.suppress(Exception):
+            add(_names_in_metrics(run.path))
+    for run in runs:
+        if all(i in names for i in range(n)):
+            break
+        add(recorded_class_names(run.path))
+    return [names.get(i, f"{i} (name not recorded)") for i in range(n)]
+
+
+def recorded_class_names(run_dir: Path) -> list[str] | None:
+    """The class names a run recorded: in metrics.json, else in a checkpoint's run record, else
+    in the dataset CSV its composed config names; ``None`` when none of them can be read."""
+    for source in (_names_in_metrics, _names_in_checkpoint, _names_in_dataset):
+        try:
+            names = source(run_dir)
+        except Exception:  # a missing, damaged or foreign record: try the next one
+            names = None
+        if names:
+            return [str(name) for name in names]
+    return None
+
+
+def _names_in_metrics(run_dir: Path) -> list[str] | None:
+    return json.loads((run_dir / "metrics.json").read_text()).get("class_names")
+
+
+def _names_in_checkpoint(run_dir: Path) -> list[str] | None:
+    folder = run_dir / "checkpoints"
+    for path in [folder / "last.ckpt", *sorted(folder.glob("*.ckpt"))]:
+        if path.is_file():
+            # weights_only: plain data only, so a foreign checkpoint cannot run code in the report
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return ckpt["esc50"]["data"]["class_names"]
+    return None
+
+
+def _names_in_dataset(run_dir: Path) -> list[str] | None:
+    cfg = read_run_config(run_dir)
+    if cfg is None:
+        return None
+    dataset = OmegaConf.to_container(cfg.data.dataset, resolve=True)
+    return read_table(DatasetSpec(**dataset)).class_names  # type: ignore[arg-type]
 
 
 def collect(root: Path, exclude: Path | None = None) -> tuple[list[Group], list[Run]]:
@@ -436,9 +571,7 @@ def write_report(root: Path, out: Path | None = None) -> tuple[str, Path]:
     groups, others = collect(root, exclude=out)
     if not groups and not others:
         raise UserError(f"{root}: no runs found (no folder with .hydra/ or metrics.json)")
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("confusion_*.png"):  # from an earlier report of other groups
-        stale.unlink()
+    files: dict[str, bytes] = {}  # everything is built before anything is written
     figures: dict[str, Path] = {}
     for g in groups:
         if g.confusion is None:
@@ -447,13 +580,61 @@ def write_report(root: Path, out: Path | None = None) -> tuple[str, Path]:
         title = f"{g.label}: {g.confusion_runs} run(s), {int(g.confusion.sum())} clips, acc {accuracy:.3f}"
         fig = confusion_figure(g.confusion, g.class_names, title)
         figures[g.slug] = out / f"confusion_{g.slug}.png"
-        fig.savefig(figures[g.slug], dpi=110)
-        plt.close(fig)
+        png = io.BytesIO()
+        try:
+            fig.savefig(png, format="png", dpi=110)
+        finally:
+            plt.close(fig)
+        files[figures[g.slug].name] = png.getvalue()
     text = markdown(groups, others, root, figures)
-    atomic_write_text(out / "results.md", text)
-    atomic_write_text(out / "results.csv", results_table(groups, others, root).to_csv(index=False))
-    atomic_write_text(out / "per_class.csv", per_class_table(groups).to_csv(index=False))
+    files["results.md"] = text.encode()
+    files["results.csv"] = results_table(groups, others, root).to_csv(index=False).encode()
+    files["per_class.csv"] = per_class_table(groups).to_csv(index=False).encode()
+    publish(out, files, stale="confusion_*.png")
     return text, out
+
+
+def publish(out: Path, files: dict[str, bytes], stale: str = "") -> None:
+    """Put ``files`` (name → content) into ``out`` all together, or none of them.
+
+    Each is first written and synced under a hidden temporary name in ``out``; only when every
+    one is, they are renamed over the old ones (a rename within a folder cannot half-happen), and
+    files of the earlier report matching ``stale`` that this one does not have are removed. A
+    failure before the renames removes the temporary files and leaves ``out`` as it was.
+    """
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    staged: dict[Path, Path] = {}
+    try:
+        for name, data in files.items():
+            staged[out / name] = _stage(out, name, data)
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty: nothing else was there
+        raise
+    for final, tmp in staged.items():
+        os.replace(tmp, final)
+    for old in out.glob(stale) if stale else []:
+        if old not in staged:  # e.g. the confusion matrix of a group this report no longer has
+            old.unlink(missing_ok=True)
+
+
+def _stage(out: Path, name: str, data: bytes) -> Path:
+    """Write ``data`` to a synced temporary file beside ``out/name``; return its path."""
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be shared
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
 
 
 def main(argv: list[str] | None = None) -> None:

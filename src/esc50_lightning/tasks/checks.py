@@ -24,6 +24,11 @@ def check_train_config(cfg: DictConfig) -> None:
             "data.dataset.csv=meta.csv (relative to root); see docs/datasets.md"
         )
 
+    if cfg.data.get("fold") is None:
+        folds = dataset.get("folds")
+        allowed = f"choose from {', '.join(map(str, folds))}" if folds else "give one of the dataset's folds"
+        raise UserError(f"data.fold=null: training needs the fold it evaluates on; {allowed}")
+
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None and epochs < 0:
         raise UserError(f"trainer.max_epochs={epochs} must be 0 or more")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from esc50_lightning.atomic import atomic_file
 from esc50_lightning.checkpoints.record import read_checkpoint
 from esc50_lightning.errors import UserError
 from esc50_lightning.hydra_ext.run_dirs import read_run_config
+
+log = logging.getLogger(__name__)
 
 # What must match between a checkpoint's run and the command resuming it.
 _RUN_IDENTITY = ("model.name", "data.dataset.name", "data.fold", "data.protocol")
@@ -67,3 +71,32 @@ def continue_log_in(run_dir: Path, original: Path) -> None:
             handler.close()
             handler.baseFilename = str(original / Path(handler.baseFilename).name)
             handler.mode = "a"
+
+
+def record_resume(run_dir: Path, original: Path) -> None:
+    """Make the resumed run's ``.hydra`` record what it runs with now.
+
+    The resuming command's overrides and composed config (Hydra wrote them to its own, throwaway
+    ``run_dir``) replace ``overrides.yaml`` and ``config.yaml`` of the run folder training
+    continues in, so that ``report`` labels the run by them (e.g. the raised
+    ``trainer.max_epochs``). The first command's files are kept once, as
+    ``overrides.original.yaml`` and ``config.original.yaml``.
+    """
+    source, target = run_dir / ".hydra", original / ".hydra"
+    for name in ("overrides.yaml", "config.yaml"):
+        new = source / name
+        if not new.is_file() or not target.is_dir():
+            continue
+        current, first = target / name, target / name.replace(".yaml", ".original.yaml")
+        if current.is_file() and not first.exists():
+            os.replace(current, first)
+        with atomic_file(current, "w") as handle:
+            handle.write(new.read_text())
+    log.info("resumed with overrides %s (first run's: .hydra/overrides.original.yaml)", _overrides(source))
+
+
+def _overrides(hydra_dir: Path) -> list[str]:
+    try:
+        return [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+    except Exception:
+        return []

@@ -19,7 +19,7 @@ from esc50_lightning.errors import UserError
 from esc50_lightning.factory import build_logmel, build_module
 from esc50_lightning.tasks.checks import check_train_config
 from esc50_lightning.tasks.results import print_summary, run_metrics, save_metrics, write_predictions
-from esc50_lightning.tasks.resume import continue_log_in, resolve_resume
+from esc50_lightning.tasks.resume import continue_log_in, record_resume, resolve_resume
 from esc50_lightning.training.time_budget import check_time_budget
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.paths.output_dir = str(original)
         if run_dir != original:
             continue_log_in(run_dir, original)
+            if _local_rank() == 0:
+                record_resume(run_dir, original)
             if run_dir.is_dir() and not any(run_dir.glob("checkpoints/*")):
                 shutil.rmtree(run_dir, ignore_errors=True)
         run_dir = original
@@ -102,6 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     metrics = run_metrics(module.history, module.test_results, module.run_info, epochs=trainer.current_epoch)
     metrics["best_checkpoint"] = best
+    metrics["class_names"] = list(class_names)  # the report names classes no clip of a fold has
     if trainer.is_global_zero:
         table = datamodule.table
         save_metrics(run_dir / "metrics.json", metrics)
