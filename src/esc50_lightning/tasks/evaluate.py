@@ -47,7 +47,7 @@ def eval_data_config(trained: dict[str, Any], cfg: DictConfig, fold: int) -> Dic
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("ckpt_path"):
-        raise UserError("no checkpoint given: python eval.py ckpt_path=PATH data.fold=K")
+        raise UserError("ckpt_path is required: python eval.py ckpt_path=PATH [data.fold=K] (see --help)")
     ckpt_path = Path(str(cfg.ckpt_path)).expanduser().resolve()
     run_dir = Path(cfg.paths.output_dir)
     module, info = load_classifier(ckpt_path)
