@@ -17,6 +17,7 @@ from esc50_lightning.checkpoints.record import load_classifier
 from esc50_lightning.errors import UserError
 from esc50_lightning.factory import KEEP_EVAL_CROP, crop_from_config
 from esc50_lightning.tasks.results import save_metrics, write_predictions
+from esc50_lightning.training.display import ProgressBar, quiet_lightning
 from esc50_lightning.training.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def eval_data_config(trained: dict[str, Any], cfg: DictConfig, fold: int) -> Dic
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    quiet_lightning()
     if not cfg.get("ckpt_path"):
         raise UserError("ckpt_path is required: python eval.py ckpt_path=PATH [data.fold=K] (see --help)")
     ckpt_path = Path(str(cfg.ckpt_path)).expanduser().resolve()
@@ -64,7 +66,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "or pass allow_train_fold=true to score it anyway"
         )
 
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the run's config
     data_cfg = eval_data_config(info["config"]["data"], cfg, fold)
     datamodule = instantiate(data_cfg, frontend=module.features.logmel)
     if datamodule.class_names != module.class_names:
@@ -72,8 +74,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"{datamodule.spec.csv_path}: its {datamodule.num_classes} classes differ from the "
             f"{len(module.class_names)} classes checkpoint {ckpt_path} was trained on"
         )
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_cfg,
+        callbacks=[ProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else [],
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
