@@ -10,15 +10,12 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from rich.console import Console
-from rich.table import Table
 
 from esc50_lightning.checkpoints.record import load_classifier
 from esc50_lightning.errors import UserError
 from esc50_lightning.factory import KEEP_EVAL_CROP, crop_from_config
-from esc50_lightning.tasks.results import save_metrics, write_predictions
+from esc50_lightning.tasks.results import print_summary, save_metrics, write_predictions
 from esc50_lightning.training.display import ProgressBar, quiet_lightning
-from esc50_lightning.training.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +109,5 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 table.labels,
                 module.class_names,
             )
-        print_evaluation(metrics, run_dir)
+        print_summary(metrics, run_dir)
     return metrics
-
-
-def print_evaluation(metrics: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
-    console = console or Console()
-    title = f"{metrics['model']} · {metrics['dataset']} fold {metrics['fold']} · {metrics['clips']} clips"
-    table = Table(title=title)
-    for name in ("loss", *METRIC_NAMES):
-        table.add_column(name, justify="right")
-    table.add_row(*(f"{metrics['test'][m]:.4f}" for m in ("loss", *METRIC_NAMES)))
-    console.print(table)
-    if metrics["on_seen_fold"]:
-        console.print(f"warning: the checkpoint was trained on fold {metrics['fold']}: not an evaluation")
-    epoch = metrics["checkpoint_epoch"]  # None for an ensemble: its members' epochs differ
-    console.print(f"checkpoint: {metrics['checkpoint']}" + (f" (epoch {epoch})" if epoch is not None else ""))
-    console.print(f"metrics: {run_dir / 'metrics.json'}")

@@ -139,5 +139,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 write_predictions(
                     run_dir / f"predictions_{name}.csv", outputs, table.files, table.labels, class_names
                 )
-        print_summary(metrics, run_dir, best)
+        print_summary(metrics, run_dir)
     return metrics
