@@ -30,6 +30,7 @@ NOISE = (
     "Seed set to",
     "`Trainer.fit` stopped",
     "smaller than the logging interval",
+    "Restoring states from the checkpoint path",
 )
 # The summary's path lines, label first: each must hold one whole, existing path.
 PATH_LINE = re.compile(

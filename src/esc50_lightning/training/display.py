@@ -86,12 +86,14 @@ class ModelSummary(RichModelSummary):
         )
 
 
-# Lines Lightning logs on every run that tell the user nothing: advertisements for its cloud
-# services, accelerators the machine does not have, a stop reason the last epoch's line gives.
+# Lines Lightning logs that tell the user nothing: advertisements for its cloud services,
+# accelerators the machine does not have, a stop reason the last epoch's line gives, and the
+# announcement of a checkpoint load that the next line ("Loaded ...", "Restored ...") confirms.
 _NOISE = re.compile(
     r"(💡 )?Tip: .*\[lit(logger|models)\]"
     r"|(TPU|HPU) available: False"
     r"|`Trainer\.fit` stopped: `max_epochs=\d+` reached"
+    r"|Restoring states from the checkpoint path at "
 )
 # Lightning logs through whichever of these its modules were imported under.
 _LIGHTNING_LOGGERS = (
