@@ -28,7 +28,8 @@ def run_metrics(
     """The run's figures, each labelled with the protocol it comes from.
 
     ``epochs``: epochs trained; ``history`` has one entry per validated epoch, which is fewer when
-    validation runs every n-th epoch only (``trainer.check_val_every_n_epoch``).
+    validation runs every n-th epoch only (``trainer.check_val_every_n_epoch``). Epochs count
+    from 1, so a run's final epoch is ``epochs``.
 
     ``final``: last epoch on the evaluation fold (headline under ``cv``: no selection on it).
     ``best``: epoch with the lowest validation loss. Under ``cv`` that selection used the
