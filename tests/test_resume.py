@@ -92,11 +92,11 @@ def test_kill_9_then_resume_continues_the_run(tiny_env: dict[str, str], tmp_path
     assert run_dirs(outputs) == [run], "resuming must not leave a second run folder"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == target
-    assert metrics["final"]["epoch"] == target - 1
+    assert metrics["final"]["epoch"] == target
     resumed = torch.load(last, map_location="cpu", weights_only=False)
     assert resumed["epoch"] == target - 1
     history = [h["epoch"] for h in resumed["esc50"]["history"]]
-    assert history == list(range(target)), history
+    assert history == list(range(1, target + 1)), history
     assert not list((run / "checkpoints").glob(".*.tmp")), "a finished run leaves no temp checkpoint"
 
     # TensorBoard: one folder; the resumed event file's steps start after the checkpoint, not at 0.

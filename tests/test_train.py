@@ -49,7 +49,7 @@ def test_multirun_sweeps_every_model_into_numbered_run_folders(multirun: dict) -
 def test_train_one_epoch_leaves_checkpoints_events_and_metrics(multirun: dict, model: str) -> None:
     (run,) = [r for r in multirun["runs"] if r.name.endswith(f"_{model}_fold1")]
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
-    assert "last.ckpt" in ckpts and any(c.startswith("epoch000-val_loss") for c in ckpts)
+    assert "last.ckpt" in ckpts and any(c.startswith("epoch001-val_loss") for c in ckpts)
     assert (run / ".hydra" / "config.yaml").is_file()
     scalars = _scalars(run)
     for tag in ("train/loss", "val/loss", "val/acc", "val/precision", "val/recall", "val/f1", "train/acc"):

@@ -27,12 +27,36 @@ MOVED_MODULES = {
     "esc50_lightning.data.cache": "esc50_lightning.data.store",
 }
 
+# Lightning callbacks that 1.0 replaced with subclasses counting epochs from 1 for users.
+REPLACED_CLASSES = {
+    f"lightning.pytorch.callbacks.{old}": f"esc50_lightning.training.display.{new}"
+    for old, new in (
+        ("ModelCheckpoint", "ModelCheckpoint"),
+        ("RichProgressBar", "ProgressBar"),
+        ("RichModelSummary", "ModelSummary"),
+    )
+}
+
+# The run record's key saying its history counts epochs from 1; records without it count from 0.
+EPOCHS_FROM = "epochs_from"
+
 
 def moved_target(target: str) -> str:
     """A ``_target_`` as it reads after the move (``esc50_lightning.schedules.warmup_cosine`` →
     ``esc50_lightning.training.schedules.warmup_cosine``); other targets are returned unchanged."""
+    if target in REPLACED_CLASSES:
+        return REPLACED_CLASSES[target]
     module, _, name = target.rpartition(".")
     return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else target
+
+
+def count_epochs_from_1(record: dict[str, Any]) -> dict[str, Any]:
+    """A run record (``ckpt["esc50"]``) with its history's epochs counted from 1, as 1.0 writes
+    them; records written before counted from 0, as Lightning does. Changes ``record`` in place."""
+    if record.get(EPOCHS_FROM) != 1:
+        record["history"] = [{**h, "epoch": h["epoch"] + 1} for h in record.get("history") or []]
+        record[EPOCHS_FROM] = 1
+    return record
 
 
 def _update_targets(node: Any) -> Any:
@@ -138,6 +162,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from err
     _check_record(path, ckpt)
     ckpt["esc50"]["config"] = _update_targets(ckpt["esc50"]["config"])
+    count_epochs_from_1(ckpt["esc50"])
     return ckpt
 
 

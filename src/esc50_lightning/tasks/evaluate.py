@@ -10,14 +10,12 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from rich.console import Console
-from rich.table import Table
 
 from esc50_lightning.checkpoints.record import load_classifier
 from esc50_lightning.errors import UserError
 from esc50_lightning.factory import KEEP_EVAL_CROP, crop_from_config
-from esc50_lightning.tasks.results import save_metrics, write_predictions
-from esc50_lightning.training.metrics import METRIC_NAMES
+from esc50_lightning.tasks.results import print_summary, save_metrics, write_predictions
+from esc50_lightning.training.display import ProgressBar, quiet_lightning
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +44,9 @@ def eval_data_config(trained: dict[str, Any], cfg: DictConfig, fold: int) -> Dic
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    quiet_lightning()
     if not cfg.get("ckpt_path"):
-        raise UserError("no checkpoint given: python eval.py ckpt_path=PATH data.fold=K")
+        raise UserError("ckpt_path is required: python eval.py ckpt_path=PATH [data.fold=K] (see --help)")
     ckpt_path = Path(str(cfg.ckpt_path)).expanduser().resolve()
     run_dir = Path(cfg.paths.output_dir)
     module, info = load_classifier(ckpt_path)
@@ -64,7 +63,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "or pass allow_train_fold=true to score it anyway"
         )
 
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the run's config
     data_cfg = eval_data_config(info["config"]["data"], cfg, fold)
     datamodule = instantiate(data_cfg, frontend=module.features.logmel)
     if datamodule.class_names != module.class_names:
@@ -72,8 +71,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"{datamodule.spec.csv_path}: its {datamodule.num_classes} classes differ from the "
             f"{len(module.class_names)} classes checkpoint {ckpt_path} was trained on"
         )
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_cfg,
+        callbacks=[ProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else [],
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -108,20 +109,5 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 table.labels,
                 module.class_names,
             )
-        print_evaluation(metrics, run_dir)
+        print_summary(metrics, run_dir)
     return metrics
-
-
-def print_evaluation(metrics: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
-    console = console or Console()
-    title = f"{metrics['model']} · {metrics['dataset']} fold {metrics['fold']} · {metrics['clips']} clips"
-    table = Table(title=title)
-    for name in ("loss", *METRIC_NAMES):
-        table.add_column(name, justify="right")
-    table.add_row(*(f"{metrics['test'][m]:.4f}" for m in ("loss", *METRIC_NAMES)))
-    console.print(table)
-    if metrics["on_seen_fold"]:
-        console.print(f"warning: the checkpoint was trained on fold {metrics['fold']}: not an evaluation")
-    epoch = metrics["checkpoint_epoch"]  # None for an ensemble: its members' epochs differ
-    console.print(f"checkpoint: {metrics['checkpoint']}" + (f" (epoch {epoch})" if epoch is not None else ""))
-    console.print(f"metrics: {run_dir / 'metrics.json'}")

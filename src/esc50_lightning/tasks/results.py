@@ -1,4 +1,5 @@
-"""What a finished run leaves behind: metrics.json, predictions.csv and a one-screen summary."""
+"""What a finished run leaves behind: metrics.json, predictions.csv and a one-screen summary (train.py
+and eval.py alike)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def run_metrics(
     """The run's figures, each labelled with the protocol it comes from.
 
     ``epochs``: epochs trained; ``history`` has one entry per validated epoch, which is fewer when
-    validation runs every n-th epoch only (``trainer.check_val_every_n_epoch``).
+    validation runs every n-th epoch only (``trainer.check_val_every_n_epoch``). Epochs count
+    from 1, so a run's final epoch is ``epochs``.
 
     ``final``: last epoch on the evaluation fold (headline under ``cv``: no selection on it).
     ``best``: epoch with the lowest validation loss. Under ``cv`` that selection used the
@@ -89,34 +91,58 @@ def write_predictions(
     atomic_write_text(path, frame.to_csv(index=False))
 
 
-def print_summary(
-    metrics: dict[str, Any], run_dir: Path, best_ckpt: str | None, console: Console | None = None
-):
+def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
+    """The screen train.py and eval.py end on: the run's figures in a table, notes, then the files
+    it wrote, every path whole on its own line (never wrapped, so it copies from any log).
+
+    ``metrics`` as ``run_metrics`` makes them (train.py, ``best_checkpoint`` added) or as
+    ``evaluate`` does (``task: eval``).
+    """
     console = console or Console()
-    table = Table(
-        title=f"{metrics['model']} · {metrics['dataset']} fold {metrics['fold']} · {metrics['protocol']}"
-    )
+    evaluation = metrics.get("task") == "eval"
+    scope = f"{metrics['clips']} clips" if evaluation else metrics["protocol"]
+    table = Table(title=f"{metrics['model']} · {metrics['dataset']} fold {metrics['fold']} · {scope}")
     table.add_column("figure")
     table.add_column("epoch", justify="right")
     for name in ("loss", *METRIC_NAMES):
         table.add_column(name, justify="right")
-    labels = {
-        "final": "final epoch",
-        "best": "lowest val loss" + ("*" if metrics["protocol"] == "cv" else ""),
-        "test": "test (holdout)",
-    }
-    for key, label in labels.items():
-        if key in metrics:
-            row = metrics[key]
-            epoch = str(row.get("epoch", metrics.get("best", {}).get("epoch", "")))
-            table.add_row(label, epoch, *(f"{row[m]:.4f}" for m in ("loss", *METRIC_NAMES)))
+    if evaluation:  # checkpoint_epoch is None for an ensemble: its members' epochs differ
+        rows = [("evaluation", metrics["test"], metrics.get("checkpoint_epoch"))]
+    else:
+        best = metrics.get("best", {})
+        rows = [
+            ("final epoch", metrics.get("final"), None),
+            ("lowest val loss" + ("*" if metrics["protocol"] == "cv" else ""), best, None),
+            ("test (holdout)", metrics.get("test"), best.get("epoch")),  # the best epoch's checkpoint
+        ]
+    for label, row, epoch in rows:
+        if row:
+            epoch = row.get("epoch", epoch)
+            figures = (f"{row[m]:.4f}" for m in ("loss", *METRIC_NAMES))
+            table.add_row(label, "" if epoch is None else str(epoch), *figures)
     console.print(table)
-    if metrics["protocol"] == "cv" and "best" in metrics:
-        console.print("* epoch selected on the evaluation fold itself: optimistic, not a headline figure")
-    console.print(f"run dir: {run_dir}")
-    if best_ckpt:
-        console.print(f"best checkpoint: {best_ckpt}")
-    console.print(f"metrics: {run_dir / 'metrics.json'}")
+
+    notes, paths = [], []
+    if evaluation:
+        if metrics["on_seen_fold"]:
+            notes.append(f"warning: the checkpoint was trained on fold {metrics['fold']}: not an evaluation")
+        epoch = metrics.get("checkpoint_epoch")
+        label = "checkpoint" if epoch is None else f"checkpoint (epoch {epoch})"
+        paths.append((label, metrics["checkpoint"]))
+    else:
+        if metrics["protocol"] == "cv" and "best" in metrics:
+            notes.append("* epoch selected on the evaluation fold itself: optimistic, not a headline figure")
+        paths.append(("run dir", run_dir))
+        if metrics.get("best_checkpoint"):
+            paths.append(("best checkpoint", metrics["best_checkpoint"]))
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+            paths.append(("last checkpoint", run_dir / "checkpoints" / "last.ckpt"))
+    paths.append(("metrics", run_dir / "metrics.json"))
+    # soft_wrap: Rich would break lines at the console width, 80 columns when output is not a terminal
+    for note in notes:
+        console.print(note, soft_wrap=True, markup=False)
+    for label, path in paths:
+        console.print(f"{label}: {path}", soft_wrap=True, markup=False)
 
 
 def save_metrics(path: Path, metrics: dict[str, Any]) -> None:

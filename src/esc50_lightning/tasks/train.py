@@ -11,7 +11,8 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
+from lightning.pytorch.callbacks.progress import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from esc50_lightning.checkpoints.io import AtomicCheckpointIO
@@ -20,6 +21,7 @@ from esc50_lightning.factory import build_logmel, build_module
 from esc50_lightning.tasks.checks import check_train_config
 from esc50_lightning.tasks.results import print_summary, run_metrics, save_metrics, write_predictions
 from esc50_lightning.tasks.resume import continue_log_in, record_resume, resolve_resume
+from esc50_lightning.training.display import quiet_lightning
 from esc50_lightning.training.time_budget import check_time_budget
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,31 @@ def _local_rank() -> int:
     return 0
 
 
+def display_callbacks(callbacks: list[Any], trainer_cfg: DictConfig) -> tuple[list[Any], dict[str, bool]]:
+    """The callbacks and the Trainer flags that make the callbacks group alone decide on the
+    progress bar, the model summary and checkpoints.
+
+    Lightning otherwise adds its own where the group has none (with epochs counted from 0, and a
+    note that it skips its summary where the group has one). ``trainer.enable_progress_bar``,
+    ``enable_model_summary`` or ``enable_checkpointing`` set to false still turn the group's off.
+    """
+    for flag, kind in (
+        ("enable_progress_bar", ProgressBar),
+        ("enable_model_summary", ModelSummary),
+        ("enable_checkpointing", ModelCheckpoint),
+    ):
+        if trainer_cfg.get(flag) is False:
+            callbacks = [c for c in callbacks if not isinstance(c, kind)]
+    flags = {
+        "enable_progress_bar": any(isinstance(c, ProgressBar) for c in callbacks),
+        "enable_model_summary": False,  # the flag adds Lightning's summary; the group's runs anyway
+        "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks),
+    }
+    return callbacks, flags
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
+    quiet_lightning()
     check_train_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
     resume = resolve_resume(cfg.get("ckpt_path"), Path(cfg.paths.log_dir), cfg)
@@ -52,7 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume is not None:
         log.info("Resuming from %s in %s", resume, run_dir)
 
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the run's config
     logmel = build_logmel(cfg)
     datamodule = instantiate(cfg.data, frontend=logmel)
     class_names = datamodule.class_names  # reads and checks the CSV
@@ -79,6 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Lightning refuses a learning-rate monitor without a logger; logger=none means "log nothing".
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     check_time_budget(callbacks, module.scheduler_factory, cfg.trainer.get("max_epochs"))
+    callbacks, flags = display_callbacks(callbacks, cfg.trainer)
     if _local_rank() == 0:
         # Check every audio file and build the caches before Lightning launches other processes
         # (DDP): a data problem is then reported once, not also as a broken link on every rank.
@@ -87,7 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())  # never a half-written last.ckpt after kill -9
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **flags
     )
 
     # weights_only: Lightning re-reads the file resolve_resume checked; never let it unpickle objects
@@ -116,5 +143,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 write_predictions(
                     run_dir / f"predictions_{name}.csv", outputs, table.files, table.labels, class_names
                 )
-        print_summary(metrics, run_dir, best)
+        print_summary(metrics, run_dir)
     return metrics

@@ -145,6 +145,12 @@ class AudioClassifier(L.LightningModule):
         self._eval_step("test", batch)
 
     # ---- epoch ends ------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The epoch under way counted from 1, as users read it everywhere (logs, history,
+        metrics.json, file names); Lightning's ``current_epoch`` counts from 0."""
+        return self.current_epoch + 1
+
     def _epoch_values(self, stage: str) -> dict[str, float]:
         values = {f"{stage}/loss": self.losses[stage + "_"].compute()}
         values.update({f"{stage}/{k}": v for k, v in self.metrics[stage + "_"].compute().items()})
@@ -158,10 +164,10 @@ class AudioClassifier(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # Validation has run by now (Lightning 2.x): one line per epoch in train.log for `tail -f`.
-        parts = [f"epoch {self.current_epoch + 1}/{self.trainer.max_epochs}"]
+        parts = [f"epoch {self.epoch}/{self.trainer.max_epochs}"]
         train = self._epoch_values("train")
         parts.append(f"train loss {train['train/loss']:.4f} acc {train['train/acc']:.4f}")
-        if self.history and self.history[-1]["epoch"] == self.current_epoch:
+        if self.history and self.history[-1]["epoch"] == self.epoch:
             val = self.history[-1]
             parts.append(f"val loss {val['val/loss']:.4f} acc {val['val/acc']:.4f}")
         parts.append(f"{time.perf_counter() - self._epoch_start:.1f} s")
@@ -178,11 +184,11 @@ class AudioClassifier(L.LightningModule):
         self.last_val_outputs = self._gather_outputs()
         if self.trainer.sanity_checking:
             return
-        self.history.append({"epoch": self.current_epoch, **values})
+        self.history.append({"epoch": self.epoch, **values})
         if values["val/loss"] < self._best_val_loss:
             self._best_val_loss = values["val/loss"]
             # Drawn once when training ends: a figure costs ~0.5 s, every improving epoch.
-            self._best_confusion = (matrix, values, self.current_epoch)
+            self._best_confusion = (matrix, values, self.epoch)
 
     def on_train_end(self) -> None:
         if self._best_confusion is not None:
@@ -232,10 +238,14 @@ class AudioClassifier(L.LightningModule):
 
     # ---- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["esc50"] = {**self.run_info, "history": self.history}
+        from esc50_lightning.checkpoints.record import EPOCHS_FROM  # record.py imports this module
+
+        checkpoint["esc50"] = {**self.run_info, "history": self.history, EPOCHS_FROM: 1}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        info = checkpoint.get("esc50", {})
+        from esc50_lightning.checkpoints.record import count_epochs_from_1
+
+        info = count_epochs_from_1(checkpoint.get("esc50", {}))  # resuming a run saved before 1.0
         self.history = list(info.get("history", []))
         if self.history:
             self._best_val_loss = min(h["val/loss"] for h in self.history)
