@@ -130,8 +130,11 @@ def _check_record(path: Path, ckpt: Any) -> None:
     for key in ("sample_rate", "clip_seconds"):
         if not isinstance(data.get(key), int | float) or isinstance(data.get(key), bool) or data[key] <= 0:
             raise bad(f"data.{key}={data.get(key)!r} in the run record is not a positive number")
-    if not isinstance(info.get("history", []), list):
-        raise bad("the run record's history is not a list")
+    history = info.get("history", [])
+    if not isinstance(history, list) or not all(
+        isinstance(h, dict) and isinstance(h.get("epoch"), int) for h in history
+    ):
+        raise bad("the run record's history is not a list of epochs")
     for key, target in _targets(info["config"]):
         if not isinstance(target, str) or not moved_target(target).startswith(ALLOWED_TARGETS):
             raise bad(f"config {key}={target!r} is not a class of esc50-lightning, torch.optim or Lightning")
