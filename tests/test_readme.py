@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import runpy
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -117,6 +118,10 @@ def test_readme_command_runs(line, request, esc50_root, tmp_path, capsys, monkey
     run = request.getfixturevalue("tiny_run") if argv[0] == "-m" else tmp_path / "run"
     argv = [fill(token, run) for token in argv]
 
+    if argv[0] in ("train.py", "eval.py") and "--help" in argv:  # Hydra's help page, for real
+        proc = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "python " + argv[0] in proc.stdout, f"{line}\n{proc.stderr}"
+        return
     if argv[0] in ("train.py", "eval.py"):
         overrides = [a for a in argv[1:] if a != "-m"]
         if "-m" in argv:

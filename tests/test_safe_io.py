@@ -171,7 +171,10 @@ def test_predict_names_every_skipped_folder_entry(
         (["{tmp}/absent.wav"], "error: {tmp}/absent.wav: no such file"),
         (["--ckpt", "{tmp}", "{clip}"], "error: {tmp}: is a folder, not a checkpoint file"),
         (["--ckpt", "{tmp}/absent.ckpt", "{clip}"], "error: {tmp}/absent.ckpt: checkpoint not found"),
-        (["--ckpt", "{clip}", "{clip}"], "error: {clip}: not a readable checkpoint (UnpicklingError)"),
+        (
+            ["--ckpt", "{clip}", "{clip}"],
+            "error: {clip}: not a readable checkpoint (not a file torch.save wrote, or damaged)",
+        ),
         (["--top-k", "0", "{clip}"], "error: --top-k 0: must be at least 1"),
         (["--hop", "-1", "{clip}"], "error: --hop -1.0: must be a positive number of seconds"),
         (["--hop", "nan", "{clip}"], "error: --hop nan: must be a positive number of seconds"),

@@ -140,6 +140,9 @@ def _check_record(path: Path, ckpt: Any) -> None:
             raise bad(f"config {key}={target!r} is not a class of esc50-lightning, torch.optim or Lightning")
 
 
+UNREADABLE = "not a readable checkpoint (not a file torch.save wrote, or damaged)"
+
+
 def checkpoint_path(path: str | Path) -> Path:
     """``path`` as a checkpoint file that exists, or a ``UserError`` saying what it is instead."""
     path = Path(path).expanduser()
@@ -157,12 +160,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):  # not a pickle at all (e.g. an audio file)
+            raise UserError(f"{path}: {UNREADABLE}") from err
         raise UserError(
             f"{path}: refused, it holds Python objects that could run code when loaded ({_refusal(err)}); "
             "esc50-lightning checkpoints hold only tensors and plain values"
         ) from err
-    except Exception as err:
-        raise UserError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from err
+    except Exception as err:  # truncated, or not a file torch.save wrote: which error depends on the bytes
+        raise UserError(f"{path}: {UNREADABLE}") from err
     _check_record(path, ckpt)
     ckpt["esc50"]["config"] = _update_targets(ckpt["esc50"]["config"])
     count_epochs_from_1(ckpt["esc50"])
