@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
-from conftest import run_dirs
+from helpers import run_dirs
 
 from esc50_lightning.features import FeatureExtractor, LogMel, mix_as_sounds
 from esc50_lightning.models import CNN4
