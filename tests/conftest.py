@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 pytest.register_assert_rewrite("helpers")
 
@@ -17,6 +18,7 @@ from helpers import (  # noqa: E402  (after the assert-rewrite registration)
     build_once,
     command_env,
     hydra_args,
+    load_clips,
     make_us8k_like,
     run_command,
     session_dir,
@@ -58,6 +60,14 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = session_dir(tmp_path_factory) / "esc50-cache"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def waves(request: pytest.FixtureRequest, esc50_root: Path) -> torch.Tensor:
+    """Real clips as a ``(clips, samples)`` float32 batch, once per module: the module's ``CLIPS``
+    (file names, or a number of classes: the first take of each) at its ``CLIP_RATE`` (default
+    44.1 kHz), 5 s each."""
+    return load_clips(esc50_root, request.module.CLIPS, getattr(request.module, "CLIP_RATE", 44100))
 
 
 @pytest.fixture
