@@ -1,15 +1,30 @@
-"""Shared fixtures: the real ESC-50 clips (../shared/esc50 or ESC50_ROOT) and a train.py runner."""
+"""Shared fixtures: the real ESC-50 clips (../shared/esc50 or ESC50_ROOT), the session's cache, a
+train.py runner, tiny training runs and datasets built once per session. The code is in helpers/."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
-REPO = Path(__file__).resolve().parents[1]
+pytest.register_assert_rewrite("helpers")
+
+from helpers import (  # noqa: E402  (after the assert-rewrite registration)
+    REPO,
+    TrainedRun,
+    build_once,
+    command_env,
+    hydra_args,
+    load_clips,
+    make_us8k_like,
+    run_command,
+    session_dir,
+    train_once,
+)
+
 SHARED = REPO.parent / "shared" / "esc50"
 
 # pytest-xdist runs one worker per core: give each worker's torch, and the commands it starts, an
@@ -17,16 +32,6 @@ SHARED = REPO.parent / "shared" / "esc50"
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
-
-# Quick-run overrides: 1 clip per class and fold (250 clips), one epoch, CPU, no Rich widgets.
-QUICK = [
-    "data.limit_per_class=1",
-    "trainer.max_epochs=1",
-    "trainer.accelerator=cpu",
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
-    "data.batch_size=25",
-]
 
 
 def _complete(root: Path) -> bool:
@@ -40,7 +45,7 @@ def esc50_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if env and _complete(Path(env)):
         return Path(env)
     dest = tmp_path_factory.mktemp("esc50")
-    subprocess.run([sys.executable, str(SHARED / "materialize.py"), str(dest)], check=True)
+    run_command([SHARED / "materialize.py", dest], check=True)
     return dest
 
 
@@ -48,71 +53,68 @@ def esc50_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache shared by the whole test session (real decode once, reused).
 
-    Under pytest-xdist every worker has its own base temp folder; their common parent holds one
-    cache for all of them, so a clip set is decoded once per session instead of once per worker
-    (the cache's file locks make the first worker build an entry while the others wait).
+    Under pytest-xdist the workers share one cache, so a clip set is decoded once per session
+    instead of once per worker (the cache's file locks make the first worker build an entry while
+    the others wait).
     """
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    path = shared / "esc50-cache"
+    path = session_dir(tmp_path_factory) / "esc50-cache"
     path.mkdir(exist_ok=True)
     return path
 
 
-def script_env(
-    root: Path, work: Path, *, cache: Path | None = None, outputs: Path | None = None
-) -> dict[str, str]:
-    """Environment for a command run on the dataset at ``root``; cache and outputs default to
-    folders under ``work`` (pass the session's ``cache_dir`` to reuse its decoded clips)."""
-    return {
-        **os.environ,
-        "ESC50_ROOT": str(root),
-        "ESC50_CACHE": str(cache or work / "cache"),
-        "ESC50_OUTPUTS": str(outputs or work / "outputs"),
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-def run_script(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python <args...>`` in the repository, capturing its output."""
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+@pytest.fixture(scope="module")
+def waves(request: pytest.FixtureRequest, esc50_root: Path) -> torch.Tensor:
+    """Real clips as a ``(clips, samples)`` float32 batch, once per module: the module's ``CLIPS``
+    (file names, or a number of classes: the first take of each) at its ``CLIP_RATE`` (default
+    44.1 kHz), 5 s each."""
+    return load_clips(esc50_root, request.module.CLIPS, getattr(request.module, "CLIP_RATE", 44100))
 
 
 @pytest.fixture
 def run_train(esc50_root: Path, cache_dir: Path, tmp_path: Path):
-    """Run ``python <script> overrides...`` in the repository with outputs under tmp_path."""
+    """Run ``python <script> [debug=tiny] overrides...`` with outputs under tmp_path/outputs.
 
-    def run(*overrides: str, script: str = "train.py", quick: bool = True, check: bool = True, env=None):
-        full_env = {**script_env(esc50_root, tmp_path, cache=cache_dir), **(env or {})}
-        flags = [o for o in overrides if o.startswith("-")]  # Hydra wants -m before the overrides
-        rest = [o for o in overrides if not o.startswith("-")]
-        args = [sys.executable, script, *flags, *(QUICK if quick else []), *rest]
-        proc = subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-            )
-        return proc
+    ``tiny`` adds the tiny-run setting (train.py only; pass ``tiny=False`` for eval.py or a full
+    run); ``check`` raises with the output on a non-zero exit; ``env`` adds variables.
+    """
+
+    def run(*overrides: str, script: str = "train.py", tiny: bool = True, check: bool = True, env=None):
+        full_env = {**command_env(esc50_root, tmp_path, cache=cache_dir), **(env or {})}
+        args = hydra_args(script, *overrides, tiny=tiny)
+        return run_command(args, env=full_env, timeout=900, check=check)
 
     return run
 
 
 @pytest.fixture(scope="session")
-def holdout_run(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_run(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``trained_run(*overrides, root=esc50_root)``: the :class:`TrainedRun` of ``python train.py
+    debug=tiny overrides...``, trained the first time those arguments are asked for in the session
+    (by any worker) and shared by every test that asks again. Tests only read it."""
+    base = session_dir(tmp_path_factory) / "trained"
+
+    def train(*overrides: str, root: Path = esc50_root) -> TrainedRun:
+        return train_once(base, root, cache_dir, overrides)
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def holdout_run(trained_run) -> Path:
     """A two-epoch cnn4 run under the holdout protocol (test fold 2, validation fold 1, train 3-5),
     shared by the protocol and report tests."""
-    work = tmp_path_factory.mktemp("holdout")
-    env = script_env(esc50_root, work, cache=cache_dir)
     overrides = ["data.protocol=holdout", "data.fold=2", "trainer.max_epochs=2", "model=cnn4"]
     overrides.append("+trainer.limit_train_batches=2")  # the protocol is the point, not the training
-    proc = run_script(["train.py", *QUICK, *overrides], env, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (run,) = run_dirs(work / "outputs")
-    return run
+    return trained_run(*overrides).run
 
 
-def run_dirs(outputs: Path) -> list[Path]:
-    """Run folders (those holding a .hydra record) under an outputs folder, oldest first."""
-    return sorted(p.parent for p in outputs.rglob(".hydra"))
+@pytest.fixture(scope="session")
+def us8k(esc50_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """An UrbanSound8K-shaped dataset of real ESC-10 clips (helpers.us8k_like), written once per
+    session: its root and the metadata frame with the bookkeeping columns."""
+
+    def build(folder: Path) -> None:
+        make_us8k_like(esc50_root, folder / "data").to_pickle(folder / "frame.pkl")
+
+    folder = build_once(session_dir(tmp_path_factory) / "us8k_like", build)
+    return folder / "data", pd.read_pickle(folder / "frame.pkl")

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pandas as pd
 import pytest
 import torch
 
-from esc50_lightning.data.audio import fit_length, read_mono
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, FreqMixStyle, LogMel
 
 CLIP = 5 * 22050  # 22.05 kHz keeps the spectrograms small: 64 mels x 216 frames with hop 512
+# `waves` (conftest): eight real clips from eight classes, 5 s at 22.05 kHz.
+CLIPS = 8
+CLIP_RATE = 22050
 
 
 def small_logmel() -> LogMel:
     return LogMel(sample_rate=22050, n_fft=1024, n_mels=64)
-
-
-@pytest.fixture(scope="module")
-def waves(esc50_root: Path) -> torch.Tensor:
-    """Eight real clips from eight classes, 5 s at 22.05 kHz."""
-    meta = pd.read_csv(esc50_root / "meta" / "esc50.csv").drop_duplicates("target").head(8)
-    clips = [fit_length(read_mono(esc50_root / "audio" / f, 22050).samples, CLIP) for f in meta.filename]
-    return torch.stack([torch.from_numpy(c) for c in clips])
 
 
 @pytest.fixture(scope="module")

@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, run_dirs, script_env
-from minids import make_subset, snapshot
+from helpers import command_env, hydra_args, make_subset, run_command, run_dirs, snapshot
 
 from esc50_lightning.data import FoldedAudioDataModule
 from esc50_lightning.data.table import DatasetSpec
-
-FAST = [
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
-]
-
-
-def _run(env: dict[str, str], *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *FAST, *overrides],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def _problem_lines(stderr: str) -> list[str]:
@@ -53,7 +32,7 @@ def test_every_broken_audio_file_is_listed(esc50_root: Path, tmp_path: Path) -> 
     (audio / names[3]).write_text("this is a text file, not audio\n" * 20)
     before = snapshot(root)
 
-    proc = _run(script_env(root, tmp_path))
+    proc = run_command(hydra_args("train.py"), env=command_env(root, tmp_path))
 
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "error: dataset check failed (4 problems):" in proc.stderr
@@ -82,7 +61,7 @@ def test_every_csv_problem_is_listed(esc50_root: Path, tmp_path: Path) -> None:
     frame.to_csv(root / "meta" / "esc50.csv", index=False)
     csv = root / "meta" / "esc50.csv"
 
-    proc = _run(script_env(root, tmp_path))
+    proc = run_command(hydra_args("train.py"), env=command_env(root, tmp_path))
 
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -187,7 +166,7 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
     ],
 )
 def test_config_mistakes(esc50_root: Path, tmp_path: Path, overrides: list[str], message: str) -> None:
-    proc = _run(script_env(esc50_root, tmp_path), "data.limit_per_class=1", *overrides)
+    proc = run_command(hydra_args("train.py", *overrides), env=command_env(esc50_root, tmp_path))
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -196,7 +175,8 @@ def test_config_mistakes(esc50_root: Path, tmp_path: Path, overrides: list[str],
 
 
 def test_full_error_shows_the_traceback(esc50_root: Path, tmp_path: Path) -> None:
-    proc = _run({**script_env(esc50_root, tmp_path), "HYDRA_FULL_ERROR": "1"}, "trainer.max_epochs=-1")
+    env = command_env(esc50_root, tmp_path, HYDRA_FULL_ERROR="1")
+    proc = run_command(hydra_args("train.py", "trainer.max_epochs=-1"), env=env)
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "UserError: trainer.max_epochs=-1 must be 0 or more" in proc.stderr
 

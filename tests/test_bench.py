@@ -6,11 +6,10 @@ Timings are never asserted: only that every section and row is there and the fig
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
-from conftest import run_script
+from helpers import command_env, run_command
 
 from esc50_lightning.training.precision import cpu_has_native_bf16
 
@@ -22,8 +21,7 @@ def test_bench_quick_path_prints_every_table(esc50_root: Path, tmp_path: Path) -
     out = tmp_path / "bench.json"
     args = ["--limit-per-class", "1", "--repeats", "1", "--steps", "1", "--models", "cnn4"]
     args += ["--variants", f"fp32,{FAST}", "--threads", "1", "--json", str(out), "--root", str(esc50_root)]
-    env = {**os.environ, "ESC50_CACHE": str(tmp_path / "cache")}
-    proc = run_script(["-m", "esc50_lightning.bench", *args], env, timeout=600)
+    proc = run_command(["-m", "esc50_lightning.bench", *args], env=command_env(esc50_root, tmp_path))
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     for heading in ("### 1. Input pipeline", "### 2. Train step", "### 3. Startup", "### Targets"):
@@ -66,9 +64,9 @@ def test_bench_quick_path_prints_every_table(esc50_root: Path, tmp_path: Path) -
 def test_bench_device_without_cuda_is_one_error_line(esc50_root: Path, tmp_path: Path) -> None:
     # CUDA hidden, so the answer is the same on a GPU machine; a device torch does not know is
     # refused the same way, before any data is read.
-    env = {**os.environ, "ESC50_CACHE": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": ""}
+    env = command_env(esc50_root, tmp_path, CUDA_VISIBLE_DEVICES="")
     for device, expected in (("cuda", "no CUDA device is available"), ("gpu0", "use auto, cpu or cuda")):
-        proc = run_script(["-m", "esc50_lightning.bench", "--device", device, "--root", str(esc50_root)], env)
+        proc = run_command(["-m", "esc50_lightning.bench", "--device", device, "--root", esc50_root], env=env)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: --device {device}: "), proc.stderr

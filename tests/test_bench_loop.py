@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, run_script, script_env
+from helpers import TINY, command_env, run_command
 
 from esc50_lightning.bench import loop as bench_loop
 from esc50_lightning.bench.loop import side_order
@@ -19,12 +19,12 @@ from esc50_lightning.bench.loop import side_order
 def test_bench_loop_times_both_sides_and_reports_their_ratio(
     esc50_root: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    env = {**script_env(esc50_root, tmp_path, cache=cache_dir), "OMP_NUM_THREADS": "1"}
+    env = command_env(esc50_root, tmp_path, cache=cache_dir, OMP_NUM_THREADS="1")
     out = tmp_path / "loop.json"
-    overrides = [o for o in QUICK if not o.startswith("trainer.max_epochs")]
-    overrides += ["model=cnn4", "augmentation=mixup", "optim=adamw_onecycle", "features.crop=[64,128]"]
+    # The bench sets trainer.max_epochs itself (--epochs), after these overrides.
+    overrides = [TINY, "model=cnn4", "augmentation=mixup", "optim=adamw_onecycle", "features.crop=[64,128]"]
     args = ["-m", "esc50_lightning.bench.loop", "--epochs", "2", "--rounds", "1", "--json", str(out)]
-    proc = run_script([*args, *overrides], env, timeout=600)
+    proc = run_command([*args, *overrides], env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     raw = json.loads(out.read_text())
     assert raw["order"] == ["bare", "framework"]

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO
-from minids import make_subset, snapshot
+from helpers import REPO, command_env, make_subset, snapshot, start_command
 
 from esc50_lightning.data import FoldedAudioDataModule
 from esc50_lightning.data.table import DatasetSpec
@@ -62,16 +58,9 @@ def test_two_processes_build_the_cache_once(esc50_root: Path, tmp_path: Path) ->
     root, cache, go = tmp_path / "esc50", tmp_path / "cache", tmp_path / "go"
     make_subset(esc50_root, root)
     before = snapshot(root)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = command_env(PYTHONPATH=str(REPO / "src"))
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(root), str(cache), str(go), str(tmp_path / f"out{i}.npy")],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
+        start_command(["-c", CHILD, root, cache, go, tmp_path / f"out{i}.npy"], env=env) for i in range(2)
     ]
     deadline = time.monotonic() + 120
     while not all((tmp_path / f"out{i}.npy.ready").exists() for i in range(2)):

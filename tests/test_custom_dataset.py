@@ -11,13 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from conftest import run_dirs
-from hydra import compose, initialize_config_dir
+from helpers import compose_config, us8k_overrides
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from us8k_like import make_us8k_like, us8k_overrides
 
-from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.data import DatasetSpec, FoldedAudioDataModule, read_table
 from esc50_lightning.errors import DataError
 from esc50_lightning.factory import build_logmel
@@ -36,23 +33,12 @@ ESC10_NAMES = [  # ESC-50 target order: 0, 1, 10, 11, 12, 20, 21, 38, 40, 41
 ]
 
 
-def config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=False)
-
-
 def datamodule(cfg: DictConfig, cache_dir: Path, **kwargs) -> FoldedAudioDataModule:
     return instantiate(cfg.data, frontend=build_logmel(cfg), cache_dir=str(cache_dir), **kwargs)
 
 
-@pytest.fixture(scope="module")
-def us8k(esc50_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
-    root = tmp_path_factory.mktemp("us8k_like")
-    return root, make_us8k_like(esc50_root, root)
-
-
 def test_esc10_counts_and_names(esc50_root: Path, tmp_path: Path) -> None:
-    cfg = config("data=esc10", f"data.dataset.root={esc50_root}")
+    cfg = compose_config("data=esc10", f"data.dataset.root={esc50_root}")
     table = datamodule(cfg, tmp_path).table  # reads and checks the CSV, decodes nothing
     assert len(table) == 400
     assert np.bincount(table.labels).tolist() == [40] * 10
@@ -64,9 +50,9 @@ def test_esc10_counts_and_names(esc50_root: Path, tmp_path: Path) -> None:
 
 
 def test_folded_csv_with_esc50_columns_is_esc50(esc50_root: Path, tmp_path: Path) -> None:
-    esc50 = datamodule(config("data=esc50", f"data.dataset.root={esc50_root}"), tmp_path).table
+    esc50 = datamodule(compose_config("data=esc50", f"data.dataset.root={esc50_root}"), tmp_path).table
     generic = datamodule(
-        config(
+        compose_config(
             "data=folded_csv",
             f"data.dataset.root={esc50_root}",
             "data.dataset.csv=meta/esc50.csv",
@@ -84,7 +70,7 @@ def test_us8k_like_clips_become_mono_4s_at_the_configured_rate(
     us8k: tuple[Path, pd.DataFrame], esc50_root: Path, tmp_path: Path
 ) -> None:
     root, frame = us8k
-    cfg = config(*us8k_overrides(root))
+    cfg = compose_config(*us8k_overrides(root))
     dm = datamodule(cfg, tmp_path, cache_features=False)
     dm.prepare_data()
     dm.setup()
@@ -113,7 +99,7 @@ def test_us8k_like_clips_become_mono_4s_at_the_configured_rate(
 
 def test_data_checks_name_us8k_columns(us8k: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
     root, _ = us8k
-    cfg = config(*us8k_overrides(root))
+    cfg = compose_config(*us8k_overrides(root))
     csv = pd.read_csv(root / "metadata" / "UrbanSound8K.csv")
 
     def problems(frame: pd.DataFrame) -> str:
@@ -140,10 +126,9 @@ def test_folded_csv_needs_root_and_csv(run_train) -> None:
     assert "data.dataset.root and data.dataset.csv must be set" in proc.stderr
 
 
-def test_train_one_epoch_on_us8k_like(us8k: tuple[Path, pd.DataFrame], run_train, tmp_path: Path) -> None:
+def test_train_one_epoch_on_us8k_like(us8k: tuple[Path, pd.DataFrame], trained_run) -> None:
     root, frame = us8k
-    run_train(*us8k_overrides(root), "model=cnn4")
-    (run,) = run_dirs(tmp_path / "outputs")
+    run = trained_run(*us8k_overrides(root), "model=cnn4").run  # shared with test_custom_dataset_tools
     assert "us8k_like_test_cnn4_fold1" in run.name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dataset"] == "us8k_like_test"

@@ -9,17 +9,14 @@ never from ESC-50.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_dirs
-from us8k_like import make_us8k_like, us8k_overrides
+from helpers import run_command, run_dirs, us8k_overrides
 
 from esc50_lightning import export, report
 
@@ -41,28 +38,16 @@ def classes_in(payload: Any) -> Iterator[str]:
             yield from classes_in(item)
 
 
-def tool(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
-@pytest.fixture(scope="module")
-def us8k(esc50_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
-    root = tmp_path_factory.mktemp("us8k_like")
-    return root, make_us8k_like(esc50_root, root)
-
-
 def test_predict_report_and_export_use_the_custom_dataset(
     us8k: tuple[Path, pd.DataFrame],
     esc50_root: Path,
-    run_train,
+    trained_run,
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
     root, frame = us8k
-    run_train(*us8k_overrides(root), "model=cnn4")
+    # The run test_custom_dataset trains and checks, copied: the report is written beside it.
+    shutil.copytree(trained_run(*us8k_overrides(root), "model=cnn4").outputs, tmp_path / "outputs")
     (run,) = run_dirs(tmp_path / "outputs")
     ckpt = run / "checkpoints" / "last.ckpt"
 
@@ -75,7 +60,7 @@ def test_predict_report_and_export_use_the_custom_dataset(
         esc50_root / "audio" / stereo.source,
     ]
     out = tmp_path / "predictions.json"
-    proc = tool("esc50_lightning.predict", "--ckpt", str(ckpt), "--json", str(out), *map(str, files))
+    proc = run_command(["-m", "esc50_lightning.predict", "--ckpt", ckpt, "--json", out, *files])
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(out.read_text())
     names = list(classes_in(payload))

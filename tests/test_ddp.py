@@ -8,9 +8,8 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import pytest
-from conftest import run_dirs, run_script, script_env
+from helpers import command_env, hydra_args, make_subset, run_command, run_dirs
 from hydra.utils import instantiate
-from minids import make_subset
 from omegaconf import OmegaConf
 
 from esc50_lightning.checkpoints.record import load_classifier
@@ -21,23 +20,17 @@ def test_ddp_two_processes_match_a_single_process(esc50_root: Path, tmp_path: Pa
     # 7 classes x 5 folds: the 7 validation clips split 4 + 3 over the two ranks (batches of 2),
     # so a padding sampler would score one clip twice and change the figures.
     make_subset(esc50_root, tmp_path / "esc50", classes=7)
-    env = script_env(tmp_path / "esc50", tmp_path)
-    proc = run_script(
-        [
-            "train.py",
-            "model=cnn4",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "trainer.max_epochs=1",
-            "callbacks.progress_bar=null",
-            "callbacks.model_summary=null",
-            "trainer.enable_model_summary=false",
-            "data.batch_size=5",
-            "data.eval_batch_size=2",
-        ],
-        env,
+    env = command_env(tmp_path / "esc50", tmp_path)
+    args = hydra_args(
+        "train.py",
+        "model=cnn4",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.enable_model_summary=false",
+        "data.batch_size=5",
+        "data.eval_batch_size=2",
     )
+    proc = run_command(args, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     (run,) = run_dirs(tmp_path / "outputs")  # both ranks share one run folder
@@ -64,10 +57,10 @@ def test_ddp_two_processes_match_a_single_process(esc50_root: Path, tmp_path: Pa
 def test_ddp_reports_bad_data_once_without_tracebacks(esc50_root: Path, tmp_path: Path) -> None:
     names = list(make_subset(esc50_root, tmp_path / "esc50").filename)
     (tmp_path / "esc50" / "audio" / names[0]).write_text("not audio")
-    env = script_env(tmp_path / "esc50", tmp_path)
-    proc = run_script(
-        ["train.py", "model=cnn4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], env
-    )
+    env = command_env(tmp_path / "esc50", tmp_path)
+    # Not the tiny run: the whole default run, which stops at the data check.
+    args = ["train.py", "model=cnn4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    proc = run_command(args, env=env)
     assert proc.returncode == 2
     assert proc.stderr.count("error: dataset check failed (1 problem):") == 1
     assert f"{tmp_path / 'esc50' / 'audio' / names[0]}: not a readable audio file" in proc.stderr

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from conftest import QUICK, REPO, run_dirs, script_env
+from helpers import command_env, run_command, run_dirs
 
 from esc50_lightning import pack, predict
 from esc50_lightning.checkpoints.record import load_classifier
@@ -26,36 +24,31 @@ CLIP = 5 * SR
 
 
 @pytest.fixture(scope="module")
-def trained(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def trained(esc50_root: Path, cache_dir: Path, trained_run, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny cnn4 trained on folds 2-5 (one clip per class and fold), evaluated on fold 1."""
-    out = tmp_path_factory.mktemp("deploy") / "outputs"
-    env = script_env(esc50_root, out.parent, cache=cache_dir, outputs=out)
-    args = [sys.executable, "train.py", *QUICK, "+trainer.limit_train_batches=2", "model=cnn4", "data.fold=1"]
-    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    (run,) = run_dirs(out / "train")
+    run = trained_run("+trainer.limit_train_batches=2", "model=cnn4", "data.fold=1").run
+    # the commands below write their outputs here, never into the shared run
+    env = command_env(esc50_root, tmp_path_factory.mktemp("deploy"), cache=cache_dir)
     predictions = pd.read_csv(run / "predictions_val.csv")
+    metrics = json.loads((run / "metrics.json").read_text())
+    # what the tests below take for granted about the (shared) run
+    assert metrics["model"] == "cnn4"
+    assert metrics["splits"] == {"train": [2, 3, 4, 5], "val": [1], "test": [1]}
     return {
         "env": env,
         "run": run,
         "ckpt": run / "checkpoints" / "last.ckpt",
-        "metrics": json.loads((run / "metrics.json").read_text()),
+        "metrics": metrics,
         "predictions": predictions,
         "clips": [esc50_root / "audio" / f for f in predictions.file],
     }
-
-
-def _python(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
 
 
 # ---- eval.py ------------------------------------------------------------------------------------
 def test_eval_scores_the_checkpoint_like_its_final_epoch(trained: dict, tmp_path: Path) -> None:
     overrides = [f"ckpt_path={trained['ckpt']}", "data.fold=1", "data.limit_per_class=1"]
     env = {**trained["env"], "ESC50_OUTPUTS": str(tmp_path)}
-    proc = _python(["eval.py", *overrides, "trainer.enable_progress_bar=false"], env)
+    proc = run_command(["eval.py", *overrides, "trainer.enable_progress_bar=false"], env=env)
     assert proc.returncode == 0, proc.stderr
     (run,) = run_dirs(tmp_path / "eval")
     metrics = json.loads((run / "metrics.json").read_text())
@@ -73,13 +66,13 @@ def test_eval_scores_the_checkpoint_like_its_final_epoch(trained: dict, tmp_path
 def test_eval_refuses_a_training_fold_unless_told(trained: dict, tmp_path: Path) -> None:
     overrides = [f"ckpt_path={trained['ckpt']}", "data.fold=3", "data.limit_per_class=1"]
     env = {**trained["env"], "ESC50_OUTPUTS": str(tmp_path)}
-    refused = _python(["eval.py", *overrides], env)
+    refused = run_command(["eval.py", *overrides], env=env)
     assert refused.returncode == 2
     assert "Traceback" not in refused.stderr
     assert "data.fold=3 is a fold this checkpoint was trained on" in refused.stderr
     assert "allow_train_fold=true" in refused.stderr
     assert not run_dirs(tmp_path)  # the refused run left no folder behind
-    allowed = _python(["eval.py", *overrides, "allow_train_fold=true"], env)
+    allowed = run_command(["eval.py", *overrides, "allow_train_fold=true"], env=env)
     assert allowed.returncode == 0, allowed.stderr
     (run,) = run_dirs(tmp_path / "eval")
     metrics = json.loads((run / "metrics.json").read_text())
@@ -100,7 +93,7 @@ def test_build_sets_the_cut_eval_scores_and_eval_can_override_it(
     def scored(*overrides: str) -> dict:
         out = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}"
         env = {**trained["env"], "ESC50_OUTPUTS": str(out)}
-        proc = _python(["eval.py", "data.fold=1", "data.limit_per_class=1", *overrides], env)
+        proc = run_command(["eval.py", "data.fold=1", "data.limit_per_class=1", *overrides], env=env)
         assert proc.returncode == 0, proc.stderr
         (run,) = run_dirs(out / "eval")
         return json.loads((run / "metrics.json").read_text())
@@ -139,7 +132,7 @@ def test_ensemble_checkpoint_averages_member_probabilities(trained: dict, tmp_pa
     second = _perturbed_copy(first, tmp_path / "second.ckpt")
     ensemble = tmp_path / "ensemble.ckpt"
     build = ["-m", "esc50_lightning.pack", str(first), str(second), str(ensemble), "--fp32"]
-    proc = _python(build, trained["env"])
+    proc = run_command(build, env=trained["env"])
     assert proc.returncode == 0, proc.stderr
     module, info = load_classifier(ensemble)
     members = [load_classifier(path)[0] for path in (first, second)]
@@ -156,7 +149,7 @@ def test_ensemble_checkpoint_averages_member_probabilities(trained: dict, tmp_pa
     # eval.py scores it on real fold-1 clips like any checkpoint
     env = {**trained["env"], "ESC50_OUTPUTS": str(tmp_path / "outputs")}
     overrides = [f"ckpt_path={ensemble}", "data.fold=1", "data.limit_per_class=1"]
-    proc = _python(["eval.py", *overrides, "trainer.enable_progress_bar=false"], env)
+    proc = run_command(["eval.py", *overrides, "trainer.enable_progress_bar=false"], env=env)
     assert proc.returncode == 0, proc.stderr
     (run,) = run_dirs(tmp_path / "outputs" / "eval")
     metrics = json.loads((run / "metrics.json").read_text())
@@ -168,7 +161,7 @@ def test_ensemble_refuses_members_trained_on_other_folds(trained: dict, tmp_path
     splits = {"train": [1, 3, 4, 5], "val": [2], "test": [2]}
     other = _perturbed_copy(first, tmp_path / "fold2.ckpt", fold=2, splits=splits)
     ensemble = tmp_path / "ensemble.ckpt"
-    proc = _python(["-m", "esc50_lightning.pack", str(first), str(other), str(ensemble)], trained["env"])
+    proc = run_command(["-m", "esc50_lightning.pack", first, other, ensemble], env=trained["env"])
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{other}: data fold 2 differs" in proc.stderr
@@ -192,7 +185,7 @@ def predicted(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     (folder / "broken.wav").write_bytes(b"RIFF" + os.urandom(200))
     out = folder / "predictions.json"
     args = ["-m", "esc50_lightning.predict", "--ckpt", str(trained["ckpt"]), "--top-k", "50", "--per-window"]
-    proc = _python([*args, "--json", str(out), str(folder), str(first), str(others[0])], trained["env"])
+    proc = run_command([*args, "--json", out, folder, first, others[0]], env=trained["env"])
     results = json.loads(out.read_text())
     return {
         "proc": proc,
@@ -278,7 +271,7 @@ def test_predict_without_a_checkpoint_says_to_pass_one(
 # ---- export -------------------------------------------------------------------------------------
 def test_exported_models_equal_the_checkpoint_on_real_clips(trained: dict, tmp_path: Path) -> None:
     args = ["-m", "esc50_lightning.export", "--ckpt", str(trained["ckpt"]), "--out", str(tmp_path)]
-    proc = _python(args, trained["env"])
+    proc = run_command(args, env=trained["env"])
     assert proc.returncode == 0, proc.stderr
     sidecar = json.loads((tmp_path / "last.json").read_text())
     module, info = load_classifier(trained["ckpt"])

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 from hydra.utils import instantiate
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.errors import UserError
 from esc50_lightning.training.schedules import ema_multi_avg_fn
 
@@ -60,8 +59,7 @@ def test_early_on_the_first_weights_fade_and_late_it_is_torchs_ema() -> None:
 
 
 def test_the_ema_callback_config_uses_it() -> None:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["callbacks=ema"])
+    cfg = compose_config("callbacks=ema")
     update = instantiate(cfg.callbacks.ema.multi_avg_fn)
     model = Tiny()
     average = AveragedModel(model, multi_avg_fn=update, use_buffers=True)

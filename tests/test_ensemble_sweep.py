@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_dirs
-from hydra import compose, initialize_config_dir
+from helpers import compose_config, run_dirs
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from esc50_lightning.checkpoints.record import read_checkpoint
-from esc50_lightning.conf import CONF_DIR
 
 # One epoch of two batches, validated (the recipe validates every 5th epoch).
 FAST = ["+trainer.limit_train_batches=2", "trainer.check_val_every_n_epoch=1"]
@@ -55,7 +53,7 @@ def test_sweep_ends_with_its_runs_ensembled_and_scored(run_train, tmp_path: Path
         "data.limit_per_class=1",
         "trainer.enable_progress_bar=false",
     ]
-    shown = run_train(*evaluation, script="eval.py", quick=False).stdout
+    shown = run_train(*evaluation, script="eval.py", tiny=False).stdout
     assert "ensemble.ckpt" in shown and "epoch None" not in shown  # members' epochs differ: none shown
     (scored,) = run_dirs(tmp_path / "outputs" / "eval")
     again = json.loads((scored / "metrics.json").read_text())
@@ -64,8 +62,7 @@ def test_sweep_ends_with_its_runs_ensembled_and_scored(run_train, tmp_path: Path
 
 def test_single_run_of_the_ensemble_recipe_says_to_sweep(caplog: pytest.LogCaptureFixture) -> None:
     # Hydra calls on_run_start only for a run without -m; the callback comes from hydra/callbacks=ensemble.
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        plain = compose("train", ["hydra/callbacks=ensemble"], return_hydra_config=True)
+    plain = compose_config("hydra/callbacks=ensemble", hydra=True)
     # a sweep config that names its seeds (hydra.sweeper.params) is told which to train
     named = plain.copy()
     with open_dict(named):

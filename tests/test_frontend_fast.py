@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pandas as pd
 import pytest
 import torch
 
-from esc50_lightning.data.audio import fit_length, read_mono
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel, SpecAugment
 from esc50_lightning.features.extractor import resolve_crop
 
-
-@pytest.fixture(scope="module")
-def waves(esc50_root: Path) -> torch.Tensor:
-    """Six real clips from six classes, 5 s at 44.1 kHz."""
-    meta = pd.read_csv(esc50_root / "meta" / "esc50.csv").drop_duplicates("target").head(6)
-    clips = [fit_length(read_mono(esc50_root / "audio" / f, 44100).samples, 220500) for f in meta.filename]
-    return torch.stack([torch.from_numpy(c) for c in clips])
+CLIPS = 6  # `waves` (conftest): six real clips from six classes, 5 s at 44.1 kHz
 
 
 def reference(logmel: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:

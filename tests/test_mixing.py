@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-import soundfile as sf
 import torch
 import torch.nn.functional as F
-from conftest import run_dirs
+from helpers import run_dirs
 
 from esc50_lightning.features import FeatureExtractor, LogMel, mix_as_sounds
 from esc50_lightning.models import CNN4
 from esc50_lightning.training.classifier import AudioClassifier
 
-# A dog bark, a chainsaw, a rooster and rain: clips of very different loudness and spectra.
+# `waves` (conftest): a dog bark, a chainsaw, a rooster and rain, clips of very different
+# loudness and spectra.
 CLIPS = ["1-100032-A-0.wav", "1-19898-A-41.wav", "1-26806-A-1.wav", "1-17367-A-10.wav"]
-
-
-@pytest.fixture(scope="module")
-def waves(esc50_root) -> torch.Tensor:
-    return torch.stack(
-        [torch.from_numpy(sf.read(esc50_root / "audio" / c, dtype="float32")[0]) for c in CLIPS]
-    )
 
 
 def test_between_class_mix_is_the_log_mel_of_the_peak_equalised_clips_added(waves):

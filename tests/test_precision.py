@@ -5,20 +5,15 @@ from __future__ import annotations
 import logging
 
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 
 import esc50_lightning.training.precision as precision_mod
-from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.tasks.checks import check_train_config
 from esc50_lightning.training.precision import cpu_has_native_bf16
 
 
 def _cfg(*overrides: str):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=["experiment=vgg8_mixup", "trainer.precision=bf16-mixed", "trainer=cpu", *overrides],
-        )
+    return compose_config("experiment=vgg8_mixup", "trainer.precision=bf16-mixed", "trainer=cpu", *overrides)
 
 
 def test_cpu_flags_decide_native_bf16():

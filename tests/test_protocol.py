@@ -12,7 +12,7 @@ from esc50_lightning.data import FoldedAudioDataModule
 
 
 def test_holdout_reports_test_fold_with_checkpoint_selected_on_validation(holdout_run, esc50_root, cache_dir):
-    run = holdout_run  # train.py data.protocol=holdout data.fold=2 trainer.max_epochs=2 model=cnn4, quick
+    run = holdout_run  # train.py debug=tiny data.protocol=holdout data.fold=2 trainer.max_epochs=2 model=cnn4
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["protocol"] == "holdout"
     assert metrics["splits"] == {"train": [3, 4, 5], "val": [1], "test": [2]}

@@ -5,38 +5,30 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import pandas as pd
 import pytest
-from conftest import QUICK, REPO, run_dirs, script_env
-from hydra import compose, initialize_config_dir
-
-from esc50_lightning.conf import CONF_DIR
+from helpers import command_env, compose_config, run_command, run_dirs
 
 # One epoch of two batches: the report only needs finished runs, not good ones.
-FAST = [*QUICK, "+trainer.limit_train_batches=2", "model=cnn4"]
-
-
-def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc
+FAST = ["+trainer.limit_train_batches=2", "model=cnn4"]
 
 
 @pytest.fixture(scope="module")
 def outputs(
-    esc50_root: Path, cache_dir: Path, holdout_run: Path, tmp_path_factory: pytest.TempPathFactory
+    esc50_root: Path,
+    cache_dir: Path,
+    trained_run,
+    holdout_run: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict:
     """outputs/train with a cv sweep over folds 1-2 (joblib launcher), a holdout run, two unfinished runs."""
     out = tmp_path_factory.mktemp("report") / "outputs"
-    env = script_env(esc50_root, out.parent, cache=cache_dir, outputs=out)
-    _run(["train.py", "-m", "hydra/launcher=local_parallel", "data.fold=1,2", *FAST], env)
+    env = command_env(esc50_root, out.parent, cache=cache_dir, outputs=out)
+    sweep = trained_run("-m", "hydra/launcher=local_parallel", "data.fold=1,2", *FAST)
+    shutil.copytree(sweep.outputs / "train", out / "train")  # the report is written beside the runs
     shutil.copytree(holdout_run, out / "train" / "runs" / holdout_run.name)
     runs = run_dirs(out / "train")
     assert len(runs) == 3
@@ -48,7 +40,8 @@ def outputs(
     (running / "metrics.json").unlink()
     crashed = out / "train" / "runs" / "crashed"
     shutil.copytree(cv_runs[0] / ".hydra", crashed / ".hydra")
-    proc = _run(["-m", "esc50_lightning.report", str(out / "train")], env)
+    proc = run_command(["-m", "esc50_lightning.report", out / "train"], env=env)
+    assert proc.returncode == 0, f"report failed:\n{proc.stdout}\n{proc.stderr}"
     return {
         "root": out / "train",
         "report": out / "train" / "report",
@@ -137,12 +130,7 @@ def test_unfinished_runs_are_listed_not_averaged(outputs: dict) -> None:
 
 
 def test_report_on_a_folder_without_runs_fails_clearly(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "esc50_lightning.report", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    proc = run_command(["-m", "esc50_lightning.report", tmp_path])
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path}: no runs found (no folder with .hydra/ or metrics.json)"
 
@@ -155,9 +143,6 @@ def test_report_on_a_folder_without_runs_fails_clearly(tmp_path: Path) -> None:
     ],
 )
 def test_launcher_configs_compose(launcher: str, target: str, field: str, value: int) -> None:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=[f"hydra/launcher={launcher}", "model=cnn4"], return_hydra_config=True
-        )
+    cfg = compose_config(f"hydra/launcher={launcher}", "model=cnn4", hydra=True)
     assert cfg.hydra.launcher._target_.endswith(target)
     assert cfg.hydra.launcher[field] == value

@@ -5,22 +5,18 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_dirs, run_script, script_env
-from minids import make_subset, snapshot
+from helpers import command_env, hydra_args, make_subset, run_command, run_dirs, snapshot, start_command
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-# A tiny real-clip run: 5 classes x 5 folds (20 training clips, 5 validation clips), 4 steps per epoch.
-TINY = [
+# A tiny real-clip run (debug=tiny, on a copy of 5 classes x 5 folds: 20 training clips, 5 validation
+# clips), 4 steps per epoch; every call names its trainer.max_epochs.
+OVERRIDES = [
     "model=cnn4",
-    "trainer.accelerator=cpu",
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
     "trainer.enable_model_summary=false",
     "data.batch_size=5",
     "trainer.log_every_n_steps=1",
@@ -30,11 +26,11 @@ TINY = [
 @pytest.fixture
 def tiny_env(esc50_root: Path, tmp_path: Path) -> dict[str, str]:
     make_subset(esc50_root, tmp_path / "esc50", classes=5)
-    return script_env(tmp_path / "esc50", tmp_path)
+    return command_env(tmp_path / "esc50", tmp_path)
 
 
 def _train(env: dict[str, str], *overrides: str) -> subprocess.CompletedProcess:
-    proc = run_script(["train.py", *TINY, *overrides], env)
+    proc = run_command(hydra_args("train.py", *OVERRIDES, *overrides), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -55,9 +51,8 @@ def _val_steps(event_file: Path) -> list[int]:
 def test_kill_9_then_resume_continues_the_run(tiny_env: dict[str, str], tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
     before = snapshot(tmp_path / "esc50")
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *TINY, "trainer.max_epochs=500"],
-        cwd=REPO,
+    proc = start_command(
+        hydra_args("train.py", *OVERRIDES, "trainer.max_epochs=500"),
         env=tiny_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -122,16 +117,15 @@ def test_resume_refuses_a_checkpoint_of_another_model(tiny_env: dict[str, str], 
     _train(tiny_env, "trainer.max_epochs=1")
     (run,) = run_dirs(tmp_path / "outputs")
     last = run / "checkpoints" / "last.ckpt"
-    proc = run_script(
-        ["train.py", *TINY, "model=cnn8", f"ckpt_path={last}", "trainer.max_epochs=2"], tiny_env
-    )
+    args = hydra_args("train.py", *OVERRIDES, "model=cnn8", f"ckpt_path={last}", "trainer.max_epochs=2")
+    proc = run_command(args, env=tiny_env)
     assert proc.returncode == 2
     assert f"error: {last}: cannot resume" in proc.stderr
     assert "model.name=cnn8 (checkpoint: cnn4)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert run_dirs(tmp_path / "outputs") == [run], "the refused command leaves no run folder"
     # ... and latest finds nothing for a model that never ran.
-    proc = run_script(["train.py", *TINY, "model=cnn8", "ckpt_path=latest"], tiny_env)
+    proc = run_command(hydra_args("train.py", *OVERRIDES, "model=cnn8", "ckpt_path=latest"), env=tiny_env)
     assert proc.returncode == 2
     assert "error: ckpt_path=latest: no checkpoints/last.ckpt under" in proc.stderr
     assert "model.name=cnn8" in proc.stderr

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import QUICK, REPO, script_env
-from hydra import compose, initialize_config_dir
+from helpers import command_env, compose_config, hydra_args, start_command
 
-from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.hydra_ext.run_dirs import claim_dir
 
 TWO_BATCHES = ["+trainer.limit_train_batches=2"]  # a whole run, quickly: the folders are the point
@@ -34,29 +31,18 @@ def test_one_process_keeps_one_folder(tmp_path: Path) -> None:
 
 def test_train_and_eval_name_their_run_folders_through_it() -> None:
     for config in ("train", "eval"):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name=config, return_hydra_config=True)
+        cfg = compose_config(config=config, hydra=True)
         assert cfg.hydra.run._get_node("dir")._value().startswith("${unique_dir:"), config
 
 
 def test_two_trainings_started_together_do_not_share_a_folder(esc50_root, cache_dir, tmp_path) -> None:
-    env = script_env(esc50_root, tmp_path, cache=cache_dir)
+    env = command_env(esc50_root, tmp_path, cache=cache_dir, OMP_NUM_THREADS="1")
     base = tmp_path / "outputs" / "train" / "runs" / "same_second"
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "train.py",
-                *QUICK,
-                *TWO_BATCHES,
-                f"seed={seed}",
-                f"hydra.run.dir=${{unique_dir:{base}}}",
-            ],
-            cwd=REPO,
-            env={**env, "OMP_NUM_THREADS": "1"},
-            stdout=subprocess.PIPE,
+        start_command(
+            hydra_args("train.py", *TWO_BATCHES, f"seed={seed}", f"hydra.run.dir=${{unique_dir:{base}}}"),
+            env=env,
             stderr=subprocess.STDOUT,
-            text=True,
         )
         for seed in (1, 2)
     ]

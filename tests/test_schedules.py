@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_dirs
+from helpers import run_dirs
 
 from esc50_lightning.errors import UserError
 from esc50_lightning.training.schedules import warmup_cosine

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import REPO, run_dirs
-from hydra import compose, initialize_config_dir
+from helpers import REPO, compose_config, run_dirs
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from esc50_lightning.checkpoints.record import read_checkpoint
-from esc50_lightning.conf import CONF_DIR
 
 SHIPPED = REPO / "src" / "esc50_lightning" / "pretrained" / "esc50_fold1.ckpt"
 RECORD = SHIPPED.with_suffix(".json")
@@ -29,7 +27,7 @@ def test_shipped_checkpoint_is_slim_and_never_trained_on_fold_1():
 
 def test_shipped_model_reproduces_its_stated_fold1_accuracy(run_train, tmp_path):
     stated = json.loads(RECORD.read_text())["fold1_accuracy"]
-    run_train(f"ckpt_path={SHIPPED}", "data.fold=1", script="eval.py", quick=False)
+    run_train(f"ckpt_path={SHIPPED}", "data.fold=1", script="eval.py", tiny=False)
     (run,) = run_dirs(tmp_path / "outputs")
     metrics = json.loads((run / "metrics.json").read_text())
     measured = metrics["test"]["acc"]
@@ -54,8 +52,7 @@ def test_the_shipped_recipe_composes_the_config_the_shipped_model_trained_with()
     compose, key for key, the config recorded in the checkpoint (trained as ``cpu_hour`` before the
     recipes were renamed), except where the run's folders, the dataset and the cache lived."""
     recorded = read_checkpoint(SHIPPED)["esc50"]["config"]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=vgg8_bc_hour"], return_hydra_config=True)
+    cfg = compose_config("experiment=vgg8_bc_hour", hydra=True)
     HydraConfig.instance().set_config(cfg)
     plain = OmegaConf.to_container(cfg, resolve=False)
     plain.pop("hydra")

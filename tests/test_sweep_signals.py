@@ -6,11 +6,10 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from conftest import QUICK, REPO, script_env
+from helpers import command_env, hydra_args, start_command
 
 
 def _descendants(pid: int) -> set[int]:
@@ -40,14 +39,11 @@ def _alive(pid: int) -> bool:
 def sweep_then_sigterm(esc50_root: Path, cache_dir: Path, tmp_path: Path, *launcher: str) -> list[int]:
     """Start a two-job local_parallel sweep, SIGTERM its main process once both jobs train, and
     return the worker processes still alive 30 s after it died."""
-    env = script_env(esc50_root, tmp_path, cache=cache_dir)
-    quick = [o for o in QUICK if not o.startswith("trainer.max_epochs")]
-    args = [sys.executable, "train.py", "-m", "hydra/launcher=local_parallel", *launcher]
-    args += [*quick, "model=cnn4", "trainer.max_epochs=1000", "logger=none", "data.fold=1,2"]
+    env = command_env(esc50_root, tmp_path, cache=cache_dir)
+    args = hydra_args("train.py", "-m", "hydra/launcher=local_parallel", *launcher)
+    args += ["model=cnn4", "trainer.max_epochs=1000", "logger=none", "data.fold=1,2"]
     log = (tmp_path / "sweep.log").open("w")
-    sweep = subprocess.Popen(
-        args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    sweep = start_command(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and sweep.poll() is None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_dirs
+from helpers import run_dirs
 
 from esc50_lightning.training.time_budget import TimeBudget, epochs_that_fit
 

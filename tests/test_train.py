@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, run_dirs, run_script, script_env
-from hydra import compose, initialize_config_dir
+from helpers import compose_config, run_dirs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from esc50_lightning.conf import CONF_DIR
@@ -26,15 +25,11 @@ MODELS = ["cnn4", "cnn8", "vgg8", "resnet18"]
 
 
 @pytest.fixture(scope="module")
-def multirun(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def multirun(trained_run) -> dict:
     """One ``-m`` sweep over every model, one epoch each (one process: the runs share its startup)."""
-    out = tmp_path_factory.mktemp("multirun") / "outputs"
-    env = script_env(esc50_root, out.parent, cache=cache_dir, outputs=out)
     # Two training batches keep the wide models quick; validation still covers all 50 fold-1 clips.
-    args = ["train.py", "-m", *QUICK, "+trainer.limit_train_batches=2", f"model={','.join(MODELS)}"]
-    proc = run_script(args, env, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {"proc": proc, "runs": run_dirs(out)}
+    sweep = trained_run("-m", "+trainer.limit_train_batches=2", f"model={','.join(MODELS)}")
+    return {"proc": sweep.proc, "runs": sweep.runs}
 
 
 def test_multirun_sweeps_every_model_into_numbered_run_folders(multirun: dict) -> None:
@@ -94,10 +89,7 @@ def test_every_config_option_composes_and_instantiates(override, monkeypatch, tm
     from hydra.utils import instantiate
 
     monkeypatch.setenv("ESC50_OUTPUTS", str(tmp_path))
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=[override, "paths.output_dir=" + str(tmp_path)], return_hydra_config=False
-        )
+    cfg = compose_config(override, "paths.output_dir=" + str(tmp_path))
     from esc50_lightning.factory import build_module
     from esc50_lightning.training.time_budget import check_time_budget
 

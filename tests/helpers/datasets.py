@@ -1,4 +1,5 @@
-"""Small copies of real ESC-50 clips in a temp dir, for corrupting and for quick end-to-end runs."""
+"""Small copies of real ESC-50 clips in a temp dir (for corrupting them and for quick runs), and a
+folder snapshot that tells whether a command only read it."""
 
 from __future__ import annotations
 
