@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO
+from helpers import command_env, run_command, start_command
 from minids import make_subset, snapshot
 
 from esc50_lightning import cache as cache_cli
@@ -183,9 +182,7 @@ def test_build_killed_mid_write_is_never_mapped(
     data[-1000] ^= 0xFF  # damaged: the next run rebuilds it ...
     npy.write_bytes(bytes(data))
 
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    args = [sys.executable, "-c", STALLED_WRITER, str(root), str(cache), str(flag)]
-    child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    child = start_command(["-c", STALLED_WRITER, str(root), str(cache), str(flag)], stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while not flag.exists():
@@ -340,10 +337,8 @@ def test_lock_removed_while_waited_for_is_taken_again(tmp_path: Path) -> None:
 
 
 def test_cache_command_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "ESC50_CACHE": str(tmp_path / "absent")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "esc50_lightning.cache", "list"], env=env, capture_output=True, text=True
-    )
+    env = command_env(ESC50_CACHE=str(tmp_path / "absent"))
+    proc = run_command(["-m", "esc50_lightning.cache", "list"], env=env)
     assert proc.returncode == 2 and proc.stdout == "", proc
     assert proc.stderr.splitlines() == [
         f"error: {tmp_path / 'absent'}: no such cache folder (pass --cache-dir DIR or set ESC50_CACHE)"

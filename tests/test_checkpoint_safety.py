@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_dirs, run_script, script_env
+from helpers import REPO, command_env, run_command, run_dirs
 
 from esc50_lightning.checkpoints.record import load_classifier
 from esc50_lightning.pack import ensemble_checkpoint, slim_checkpoint
@@ -54,8 +54,8 @@ def test_a_hostile_checkpoint_runs_no_code_in_any_command(command, hostile, esc5
     path, marker = hostile
     out = tmp_path / "out"
     clip = next((esc50_root / "audio").glob("1-*.wav"))
-    env = script_env(esc50_root, tmp_path, cache=cache_dir)
-    proc = run_script(_commands(path, clip, out)[command], env)
+    env = command_env(esc50_root, tmp_path, cache=cache_dir)
+    proc = run_command(_commands(path, clip, out)[command], env=env)
     assert not marker.exists(), "the checkpoint's payload ran"
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -108,8 +108,8 @@ def test_malformed_checkpoints_get_one_line_naming_the_problem(tmp_path):
 def test_a_malformed_checkpoint_through_predict_is_one_line_and_exit_2(esc50_root, cache_dir, tmp_path):
     path, expected = _malformed(tmp_path)["weights of the wrong shape"]
     clip = next((esc50_root / "audio").glob("1-*.wav"))
-    env = script_env(esc50_root, tmp_path, cache=cache_dir)
-    proc = run_script(["-m", "esc50_lightning.predict", "--ckpt", str(path), str(clip)], env)
+    env = command_env(esc50_root, tmp_path, cache=cache_dir)
+    proc = run_command(["-m", "esc50_lightning.predict", "--ckpt", str(path), str(clip)], env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: {path}: {proc.stderr.split(f'{path}: ', 1)[1].strip()}"
@@ -136,10 +136,10 @@ def test_every_kind_of_checkpoint_the_project_writes_loads_weights_only(
     resumed_from = tmp_path / "from" / "last.ckpt"
     resumed_from.parent.mkdir()
     resumed_from.write_bytes((holdout_run / "checkpoints" / "last.ckpt").read_bytes())
-    env = script_env(esc50_root, tmp_path, cache=cache_dir)
+    env = command_env(esc50_root, tmp_path, cache=cache_dir)
     overrides = ["data.protocol=holdout", "data.fold=2", "model=cnn4", "+trainer.limit_train_batches=2"]
-    proc = run_script(
-        ["train.py", "debug=tiny", *overrides, "trainer.max_epochs=3", f"ckpt_path={resumed_from}"], env
+    proc = run_command(
+        ["train.py", "debug=tiny", *overrides, "trainer.max_epochs=3", f"ckpt_path={resumed_from}"], env=env
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (run,) = run_dirs(tmp_path / "outputs")

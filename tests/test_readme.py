@@ -10,12 +10,11 @@ from __future__ import annotations
 import re
 import runpy
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_dirs, run_script, script_env
+from helpers import REPO, command_env, run_command, run_dirs
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -70,7 +69,7 @@ def first_of_each_sweep(overrides: list[str]) -> list[str]:
 def tiny_run(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """README's smoke run, trained for real; its folder stands in for ``<run>``."""
     work = tmp_path_factory.mktemp("readme")
-    proc = run_script(["train.py", "debug=tiny"], script_env(esc50_root, work, cache=cache_dir))
+    proc = run_command(["train.py", "debug=tiny"], env=command_env(esc50_root, work, cache=cache_dir))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (run,) = run_dirs(work / "outputs")
     return run
@@ -119,7 +118,7 @@ def test_readme_command_runs(line, request, esc50_root, tmp_path, capsys, monkey
     argv = [fill(token, run) for token in argv]
 
     if argv[0] in ("train.py", "eval.py") and "--help" in argv:  # Hydra's help page, for real
-        proc = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+        proc = run_command(argv, timeout=120)
         assert proc.returncode == 0 and "python " + argv[0] in proc.stdout, f"{line}\n{proc.stderr}"
         return
     if argv[0] in ("train.py", "eval.py"):

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import QUICK, REPO, run_dirs, run_script, script_env
+from helpers import REPO, TINY, command_env, run_command, run_dirs
 from omegaconf import OmegaConf
 
 from esc50_lightning import report
 from esc50_lightning.hydra_ext.task import expand_short_forms
 
 # One epoch of two batches, one clip per class and fold: the report needs a finished run, not a good one.
-TRAIN = [*QUICK, "model=cnn4", "+trainer.limit_train_batches=2"]
+TRAIN = [TINY, "model=cnn4", "+trainer.limit_train_batches=2"]
 ABSENT_CLASS = 33  # dropped from the predictions: no clip of the evaluated fold has it
 
 
@@ -27,7 +27,7 @@ ABSENT_CLASS = 33  # dropped from the predictions: no clip of the evaluated fold
 def finished(esc50_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished cnn4 run on fold 1 (its folder is copied, never changed, by the tests)."""
     work = tmp_path_factory.mktemp("finished")
-    proc = run_script(["train.py", *TRAIN], script_env(esc50_root, work, cache=cache_dir), timeout=600)
+    proc = run_command(["train.py", *TRAIN], env=command_env(esc50_root, work, cache=cache_dir), timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (run,) = run_dirs(work / "outputs")
     return run
@@ -219,7 +219,7 @@ MISTAKES = [
 def test_config_mistake_is_one_line(
     esc50_root: Path, tmp_path: Path, script: str, overrides: list[str], message: str
 ) -> None:
-    proc = run_script([script, *overrides], script_env(esc50_root, tmp_path), timeout=120)
+    proc = run_command([script, *overrides], env=command_env(esc50_root, tmp_path), timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip() == message
     assert proc.stdout.strip() == ""
@@ -227,8 +227,8 @@ def test_config_mistake_is_one_line(
 
 
 def test_full_error_still_shows_hydras_traceback(esc50_root: Path, tmp_path: Path) -> None:
-    env = {**script_env(esc50_root, tmp_path), "HYDRA_FULL_ERROR": "1"}
-    proc = run_script(["train.py", "model=resnet19"], env, timeout=120)
+    env = {**command_env(esc50_root, tmp_path), "HYDRA_FULL_ERROR": "1"}
+    proc = run_command(["train.py", "model=resnet19"], env=env, timeout=120)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "MissingConfigException" in proc.stderr
 
@@ -241,10 +241,10 @@ def test_data_root_is_short_for_data_dataset_root(esc50_root: Path, tmp_path: Pa
         "data.rooted=1",
         "data.root",
     ]
-    env = script_env(esc50_root, tmp_path)
+    env = command_env(esc50_root, tmp_path)
     for script in ("train.py", "eval.py"):
         show = ["--cfg", "job", "--package", "data"]
-        proc = run_script([script, "data.root=/elsewhere/esc50", *show], env, 120)
+        proc = run_command([script, "data.root=/elsewhere/esc50", *show], env=env, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert OmegaConf.create(proc.stdout).dataset.root == "/elsewhere/esc50"
 
@@ -257,7 +257,7 @@ def test_quoted_fold_dir_from_the_docs_parses(esc50_root: Path, tmp_path: Path) 
     assert override == "\"data.dataset.fold_dir='fold{fold}'\""
     command = f"{sys.executable} train.py data=folded_csv {override} --cfg job --package data.dataset"
     proc = subprocess.run(
-        command, shell=True, cwd=REPO, env=script_env(esc50_root, tmp_path), capture_output=True, text=True
+        command, shell=True, cwd=REPO, env=command_env(esc50_root, tmp_path), capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     assert OmegaConf.create(proc.stdout).fold_dir == "fold{fold}"
@@ -271,8 +271,10 @@ def test_resume_records_the_overrides_it_ran_with(
     first = [str(o) for o in OmegaConf.load(run / ".hydra" / "overrides.yaml")]
     assert "trainer.max_epochs=1" in first
     more = [o for o in TRAIN if o != "trainer.max_epochs=1"] + ["trainer.max_epochs=2"]
-    env = script_env(esc50_root, tmp_path, cache=cache_dir)
-    proc = run_script(["train.py", *more, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], env, timeout=600)
+    env = command_env(esc50_root, tmp_path, cache=cache_dir)
+    proc = run_command(
+        ["train.py", *more, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     assert run_dirs(outputs) == [run], "the resume continued in the original folder, no other left"

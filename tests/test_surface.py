@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import torch
-from conftest import QUICK, REPO, run_dirs
+from helpers import REPO, run_dirs
 
 from esc50_lightning.checkpoints.record import (
     EPOCHS_FROM,
@@ -43,7 +43,7 @@ TRAINING_GROUPS = sorted(
 
 
 def _help(run_train, script: str) -> list[str]:
-    proc = run_train("--help", script=script, quick=False)
+    proc = run_train("--help", script=script, tiny=False)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
     return proc.stdout.splitlines()
 
@@ -98,7 +98,7 @@ def test_eval_help_says_what_it_does_and_offers_no_training_group(run_train) -> 
 
 
 def test_eval_without_ckpt_path_fails_with_one_line_naming_it(run_train, tmp_path: Path) -> None:
-    proc = run_train(script="eval.py", quick=False, check=False)
+    proc = run_train(script="eval.py", tiny=False, check=False)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ckpt_path is required"), line
@@ -109,9 +109,15 @@ def test_two_epoch_run_counts_epochs_from_1_prints_no_noise_and_whole_paths(run_
     # The quick run with the default callbacks (model summary, progress bar), stdout a pipe, and
     # Rich's width when it is not a terminal: 80 columns, narrower than the paths. Two training
     # batches an epoch: the numbering is the point, not the training.
-    quick = [o for o in QUICK if not o.startswith("callbacks.")]
+    # debug=tiny without its callbacks lines: the default progress bar and summary stay on
+    quick = [
+        "data.limit_per_class=1",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "data.batch_size=25",
+    ]
     overrides = ["trainer.max_epochs=2", "+trainer.limit_train_batches=2"]
-    proc = run_train(*quick, *overrides, quick=False, env={"COLUMNS": "80"})
+    proc = run_train(*quick, *overrides, tiny=False, env={"COLUMNS": "80"})
     out = proc.stdout + proc.stderr
     (run,) = run_dirs(tmp_path / "outputs")
 
@@ -148,7 +154,7 @@ def test_eval_of_the_shipped_checkpoint_shows_the_epochs_it_trained(run_train, t
     raw = torch.load(SHIPPED, map_location="cpu", weights_only=False)
     assert EPOCHS_FROM not in raw["esc50"], "the shipped record predates 1.0: it counts from 0"
 
-    proc = run_train(f"ckpt_path={SHIPPED}", "data.limit_per_class=1", script="eval.py", quick=False)
+    proc = run_train(f"ckpt_path={SHIPPED}", "data.limit_per_class=1", script="eval.py", tiny=False)
     assert f"checkpoint (epoch {trained}): {SHIPPED}" in proc.stdout.splitlines(), proc.stdout
     assert re.search(rf"evaluation\s+[│|]\s+{trained}\s+[│|]", proc.stdout), proc.stdout
     (run,) = run_dirs(tmp_path / "outputs")
