@@ -90,6 +90,7 @@ def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None 
         label_smoothing=optim.get("label_smoothing", 0.0),
         channels_last=cfg.get("channels_last", False),
         compile=cfg.get("compile", False),
+        backbone_lr_scale=optim.get("backbone_lr_scale"),
     )
 
 
