@@ -225,3 +225,42 @@ def test_finetune_trains_on_real_clips(run_train, reference, tmp_path: Path) -> 
     module, info = load_classifier(ckpts[0])  # rebuilt without the published file
     assert info["data"]["sample_rate"] == SR
     assert isinstance(module.net, Cnn14) and module.net.head.out_features == 50
+
+
+def test_predict_tags_audioset_with_the_published_file(
+    reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """predict --ckpt <PANNs checkpoint>: AudioSet's label names and sigmoid scores; without the
+    label file, one line saying where it goes."""
+    import numpy as np
+    import soundfile as sf
+
+    from esc50_lightning import audioset, predict
+
+    _, path = reference
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, _waveforms(1, 3.0)[0].numpy(), 44100)  # any rate: resampled to 32 kHz
+    with pytest.raises(SystemExit) as exit_info:
+        monkeypatch.setattr(audioset, "LABELS", tmp_path / "absent.csv")
+        predict.main(["--ckpt", str(path), str(wav)])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "AudioSet's label names are not installed; save http" in err and "absent.csv" in err
+
+    labels = tmp_path / "audioset_labels.csv"
+    labels.write_text("index,mid,display_name\n" + "".join(f'{i},/m/{i},"Tag {i}, AS"\n' for i in range(527)))
+    monkeypatch.setattr(audioset, "LABELS", labels)
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--ckpt", str(path), "--json", "-", str(wav)])
+    assert exit_info.value.code == 0
+    result = __import__("json").loads(capsys.readouterr().out)["results"][0]
+    assert result["windows"] == 1 and result["source_sample_rate"] == 44100
+    top = result["top"]
+    assert all(t["class"] == f"Tag {t['index']}, AS" for t in top)
+    # Sigmoid scores, as PANNs' clipwise_output: independent, so they need not sum to one.
+    module, _ = audioset.audioset_tagger(path, labels)
+    clip = predict.read_mono(wav, 32000).samples
+    with torch.no_grad():
+        x = torch.from_numpy(predict.fit_length(clip, 320000))[None]
+        expected = torch.sigmoid(module(module.features(x)))[0].numpy()
+    assert np.allclose([t["probability"] for t in top], expected[[t["index"] for t in top]], atol=1e-5)
