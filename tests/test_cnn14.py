@@ -225,6 +225,17 @@ def test_finetune_trains_on_real_clips(run_train, reference, tmp_path: Path) -> 
     module, info = load_classifier(ckpts[0])  # rebuilt without the published file
     assert info["data"]["sample_rate"] == SR
     assert isinstance(module.net, Cnn14) and module.net.head.out_features == 50
+    # Export: the frontend inside, 32 kHz waveforms in, the checkpoint's own logits out.
+    from esc50_lightning.export import export
+
+    written = export(ckpts[0], tmp_path / "export", onnx=False)
+    scripted = torch.jit.load(str(written["torchscript"]))
+    wave = _waveforms(2, 5.0)
+    with torch.no_grad():
+        diff = (scripted(wave) - module(module.features(wave))).abs().max().item()
+    assert diff < 1e-4, diff
+    meta = (tmp_path / "export" / "last.json").read_text()
+    assert '"sample_rate": 32000' in meta and '"input_samples": 160000' in meta
 
 
 def test_predict_tags_audioset_with_the_published_file(
