@@ -275,3 +275,13 @@ def test_predict_tags_audioset_with_the_published_file(
         x = torch.from_numpy(predict.fit_length(clip, 320000))[None]
         expected = torch.sigmoid(module(module.features(x)))[0].numpy()
     assert np.allclose([t["probability"] for t in top], expected[[t["index"] for t in top]], atol=1e-5)
+
+
+def test_bench_measures_cnn14_on_its_own_frontend(esc50_root: Path, tmp_path: Path) -> None:
+    """``bench --models cnn14``: its config is the recipe's (32 kHz, PANNs' frontend), random weights."""
+    from esc50_lightning.bench.pipeline import bench_config, build_parser
+
+    args = build_parser().parse_args(["--models", "cnn14", "--root", str(esc50_root)])
+    cfg = bench_config(args, tmp_path, model="cnn14")
+    assert cfg.model.net._target_ == "esc50_lightning.models.Cnn14" and cfg.model.net.weights is None
+    assert cfg.data.dataset.sample_rate == SR and cfg.features.logmel.mel_scale == "slaney"
