@@ -138,6 +138,15 @@ def test_not_a_cnn14_checkpoint(tmp_path: Path, reference) -> None:
     torch.save(state, tmp_path / "bare.pth")  # a state dict without the "model" entry
     with pytest.raises(UserError, match="no 'model' entry"):
         Cnn14(weights=str(tmp_path / "bare.pth"))
+    # Training state saved next to the weights as numpy data loads (weights-only); code does not.
+    import numpy as np
+
+    sampler = {"indexes": np.arange(5), "random_state": np.random.RandomState(0).get_state()}
+    torch.save({"model": state, "sampler": sampler, "iteration": np.int64(3)}, tmp_path / "numpy.pth")
+    assert Cnn14(weights=str(tmp_path / "numpy.pth")).embed.weight.equal(state["fc1.weight"])
+    torch.save({"model": state, "hook": os.getcwd}, tmp_path / "code.pth")
+    with pytest.raises(UserError, match=r"refused as a CNN14 checkpoint \(it holds posix\.getcwd"):
+        Cnn14(weights=str(tmp_path / "code.pth"))
     with pytest.raises(UserError, match=r"weights not found; download Cnn14_mAP=0\.431\.pth"):
         Cnn14(weights=str(tmp_path / "absent.pth"))
 

@@ -18,7 +18,7 @@ from esc50_lightning.data.audio import clip_samples
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel
 from esc50_lightning.features.logmel import PANNS
-from esc50_lightning.models.cnn14 import AUDIOSET_CLASSES, Cnn14
+from esc50_lightning.models.cnn14 import AUDIOSET_CLASSES, Cnn14, load_weights_only
 from esc50_lightning.training.classifier import AudioClassifier
 
 LABELS = Path(__file__).resolve().parent / "pretrained" / "audioset_labels.csv"
@@ -51,12 +51,9 @@ def is_published_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` is a PANNs checkpoint (``{"model": state_dict}``, AudioSet head included)
     rather than one train.py wrote."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        try:  # files in torch's legacy (non-zip) format cannot be memory-mapped
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            return False
+        ckpt = load_weights_only(Path(path))
+    except UserError:
+        return False
     return (
         isinstance(ckpt, dict)
         and "esc50" not in ckpt
