@@ -124,6 +124,13 @@ def test_new_head_keeps_backbone(reference) -> None:
     assert net(x).shape == (1, 50)
 
 
+def test_published_weights_need_their_frontend(reference) -> None:
+    _, path = reference
+    cfg = _config(f"model.net.weights={path}", "data.dataset.sample_rate=44100")
+    with pytest.raises(UserError, match=r"needs PANNs' frontend at 32 kHz: features=logmel_panns"):
+        build_module(cfg, [f"c{i}" for i in range(50)])
+
+
 def test_not_a_cnn14_checkpoint(tmp_path: Path, reference) -> None:
     _, path = reference
     state = torch.load(path, weights_only=True)["model"]

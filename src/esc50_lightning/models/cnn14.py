@@ -114,6 +114,21 @@ class Cnn14(nn.Module):
                 else Path(weights).expanduser()
             )
             self.load_published(path)
+        self.pretrained = bool(weights)
+
+    def check_frontend(self, logmel: nn.Module) -> None:
+        """Published weights need the frontend they were trained on: refuse any other, in one line."""
+        from esc50_lightning.features.logmel import PANNS
+
+        got = {k: getattr(logmel.mel, k, None) for k in ("sample_rate", "n_fft", "hop_length", "n_mels")}
+        got.update(f_min=logmel.mel.f_min, f_max=logmel.mel.f_max)
+        same = all(float(got[k]) == float(v) for k, v in PANNS.items())
+        same = same and getattr(logmel, "mel_scale", None) == "slaney" and logmel.to_db.top_db is None
+        if self.pretrained and not same:
+            raise UserError(
+                "model=cnn14 with published weights needs PANNs' frontend at 32 kHz: "
+                "features=logmel_panns data.dataset.sample_rate=32000 (experiment=cnn14_finetune sets both)"
+            )
 
     def _init_weights(self) -> None:
         for module in self.modules():
