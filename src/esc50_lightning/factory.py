@@ -77,6 +77,8 @@ def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None 
     net = instantiate(cfg.model.net, num_classes=len(class_names))
     features = build_features(cfg, logmel)
     check_input_rows(net, features)
+    if hasattr(net, "check_frontend"):  # pretrained weights that need their own frontend (cnn14)
+        net.check_frontend(features.logmel)
     optim = cfg.optim
     return AudioClassifier(
         net=net,
@@ -90,6 +92,7 @@ def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None 
         label_smoothing=optim.get("label_smoothing", 0.0),
         channels_last=cfg.get("channels_last", False),
         compile=cfg.get("compile", False),
+        backbone_lr_scale=optim.get("backbone_lr_scale"),
     )
 
 

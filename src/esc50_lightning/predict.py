@@ -48,8 +48,20 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs: Any) -> Predictor:
         target = parse_device(device)
-        module, info = load_classifier(path)
+        try:
+            module, info = load_classifier(path)
+        except UserError:
+            from esc50_lightning.audioset import audioset_tagger, is_published_checkpoint
+
+            if not is_published_checkpoint(path):
+                raise
+            module, info = audioset_tagger(path)  # PANNs' CNN14 file: tags AudioSet's 527 labels
         return cls(module.to(target).eval(), info, target, **kwargs)
+
+    @property
+    def multi_label(self) -> bool:
+        """Independent sigmoid scores per class (AudioSet tags) instead of a softmax."""
+        return bool(self.info.get("multi_label"))
 
     @property
     def sample_rate(self) -> int:
@@ -87,7 +99,10 @@ class Predictor:
         for i in range(0, len(windows), self.batch_size):
             batch = torch.from_numpy(windows[i : i + self.batch_size]).to(self.device)
             logits = self.module(self.module.features(batch))
-            probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            scores = (
+                torch.sigmoid(logits.float()) if self.multi_label else torch.softmax(logits.float(), dim=1)
+            )
+            probs.append(scores.cpu().numpy())
         return starts, np.concatenate(probs)
 
     def predict_file(self, path: Path, top_k: int, per_window: bool) -> dict[str, Any]:

@@ -50,6 +50,7 @@ class AudioClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
+        backbone_lr_scale: float | None = None,
     ):
         super().__init__()
         self.net = net
@@ -65,6 +66,10 @@ class AudioClassifier(L.LightningModule):
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
         self.compile = compile
+        if backbone_lr_scale is not None and not 0 < backbone_lr_scale <= 1:
+            raise UserError(f"optim.backbone_lr_scale={backbone_lr_scale} must be in (0, 1] (null: one rate)")
+        # The pretrained backbone's learning rate as a share of the head's (null: one rate for all).
+        self.backbone_lr_scale = backbone_lr_scale
         n = len(self.class_names)
         # ModuleDict keys cannot be "train" (an nn.Module method): key by "<stage>_".
         self.metrics = nn.ModuleDict({f"{s}_": classification_metrics(n) for s in ("train", "val", "test")})
@@ -227,7 +232,9 @@ class AudioClassifier(L.LightningModule):
 
     # ---- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self._param_groups())
+        if self.backbone_lr_scale is not None:  # before the schedule reads the base rates
+            optimizer.param_groups[1]["lr"] *= self.backbone_lr_scale
         if self.scheduler_factory is None:
             return optimizer
         per_batch = steps_per_batch(self.scheduler_factory)
@@ -235,6 +242,16 @@ class AudioClassifier(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, **kwargs)
         interval = "step" if per_batch else self.scheduler_interval
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def _param_groups(self) -> Any:
+        """All parameters, or (``backbone_lr_scale``) the head's and the backbone's groups."""
+        if self.backbone_lr_scale is None:
+            return self.parameters()
+        from esc50_lightning.training.finetune import backbone_of
+
+        backbone = backbone_of(self.net)
+        ids = {id(p) for p in backbone}
+        return [{"params": [p for p in self.parameters() if id(p) not in ids]}, {"params": backbone}]
 
     # ---- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
