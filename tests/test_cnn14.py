@@ -301,3 +301,9 @@ def test_bench_measures_cnn14_on_its_own_frontend(esc50_root: Path, tmp_path: Pa
     cfg = bench_config(args, tmp_path, model="cnn14")
     assert cfg.model.net._target_ == "esc50_lightning.models.Cnn14" and cfg.model.net.weights is None
     assert cfg.data.dataset.sample_rate == SR and cfg.features.logmel.mel_scale == "slaney"
+
+
+def test_the_shipped_audioset_label_list_is_the_527_names_in_output_order() -> None:
+    names = audioset.audioset_labels()
+    assert len(names) == 527 and len(set(names)) == 527
+    assert (names[0], names[74], names[137]) == ("Speech", "Dog", "Music")
