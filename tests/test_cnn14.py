@@ -304,6 +304,8 @@ def test_bench_measures_cnn14_on_its_own_frontend(esc50_root: Path, tmp_path: Pa
 
 
 def test_the_shipped_audioset_label_list_is_the_527_names_in_output_order() -> None:
+    from esc50_lightning import audioset
+
     names = audioset.audioset_labels()
     assert len(names) == 527 and len(set(names)) == 527
     assert (names[0], names[74], names[137]) == ("Speech", "Dog", "Music")
