@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import command_env, run_command, start_command
-from minids import make_subset, snapshot
+from helpers import command_env, make_subset, run_command, snapshot, start_command
 
 from esc50_lightning import cache as cache_cli
 from esc50_lightning.data import FoldedAudioDataModule, store

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from minids import make_subset
+from helpers import make_subset
 
 from esc50_lightning import export, predict
 from esc50_lightning.checkpoints.record import load_classifier

@@ -19,7 +19,7 @@ from esc50_lightning import report
 from esc50_lightning.hydra_ext.task import expand_short_forms
 
 # One epoch of two batches, one clip per class and fold: the report needs a finished run, not a good one.
-TRAIN = [TINY, "model=cnn4", "+trainer.limit_train_batches=2"]
+TRAIN = [TINY, "trainer.max_epochs=1", "model=cnn4", "+trainer.limit_train_batches=2"]
 ABSENT_CLASS = 33  # dropped from the predictions: no clip of the evaluated fold has it
 
 
