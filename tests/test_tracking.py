@@ -4,6 +4,7 @@ early stopping and trainer=mps: each on real clips, read back through what it wr
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -66,3 +67,109 @@ def test_debug_profile_trace_and_table(run_train, tmp_path):
         assert "traceEvents" in json.loads(trace.read_text())  # what Chrome / TensorBoard read
     out = proc.stdout + proc.stderr
     assert "Profiler Report" in out and "Self CPU" in out and "CPU total" in out
+
+
+# ---- loggers --------------------------------------------------------------------------------------
+def _wandb_records(path: Path):
+    """The protobuf records of an offline run's .wandb file (wandb's LevelDB-style log: a 7-byte
+    file header, then 32 KiB blocks of records with 7-byte headers, split into FULL or
+    FIRST/MIDDLE/LAST chunks). wandb has no public reader of offline runs; `wandb sync` is the
+    reader, and it needs the network."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, chunk, block = path.read_bytes(), 7, b"", 32768
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block  # a block's tail too short for a header is padding
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        if kind == 0 and length == 0:
+            break
+        chunk += data[pos : pos + length]
+        pos += length
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(chunk)
+            chunk = b""
+            yield record
+
+
+def _key(item) -> str:
+    """A wandb record item's key: ``key``, or ``nested_key`` joined (names with a slash)."""
+    return item.key or "/".join(item.nested_key)
+
+
+def test_logger_csv_metrics_and_hparams(run_train, tmp_path):
+    import pandas as pd
+    import yaml
+
+    run_train("debug=limit", *SMALL, "trainer.max_epochs=2", "logger=csv")
+    run = _debug_run(tmp_path)
+    table = pd.read_csv(run / "metrics.csv")
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "epoch"} <= set(table.columns)
+    assert table["val/loss"].dropna().size == 2  # one row per epoch
+    assert table["train/acc"].dropna().between(0, 1).all()
+    hparams = yaml.safe_load((run / "hparams.yaml").read_text())
+    assert hparams["model.name"] == "cnn4" and hparams["trainer.max_epochs"] == 2
+    assert hparams["paths.output_dir"] == str(run)
+
+
+def test_logger_mlflow_metrics_and_params(run_train, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    run_train("debug=limit", *SMALL, "trainer.max_epochs=2", "logger=mlflow")
+    run = _debug_run(tmp_path)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("esc50-lightning-esc50")
+    (mlrun,) = client.search_runs([experiment.experiment_id])
+    assert mlrun.info.run_name == "debug_esc50_cnn4_fold1"
+    assert mlrun.data.params["model.name"] == "cnn4"
+    assert mlrun.data.params["paths.output_dir"] == str(run)
+    val_loss = client.get_metric_history(mlrun.info.run_id, "val/loss")
+    assert len(val_loss) == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert val_loss[-1].value == metrics["final"]["loss"]  # the same number, read back from MLflow
+
+
+def test_logger_wandb_offline_run(run_train, tmp_path):
+    proc = run_train("debug=fast", *SMALL, "logger=wandb", env={"WANDB_SILENT": "true"})
+    run = _debug_run(tmp_path)
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    (log_file,) = offline.glob("*.wandb")
+    history, config = [], {}
+    for record in _wandb_records(log_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append({_key(item): json.loads(item.value_json) for item in record.history.item})
+        elif kind == "config":
+            config.update({_key(item): json.loads(item.value_json) for item in record.config.update})
+    assert any("val/loss" in step and "val/acc" in step for step in history), history
+    assert any("train/acc" in step for step in history), history
+    assert config["model.name"] == "cnn4" and config["paths.output_dir"] == str(run)
+    assert "wandb: ERROR" not in proc.stderr
+
+
+def test_logger_many_writes_all_three(run_train, tmp_path):
+    run_train("debug=fast", *SMALL, "logger=many")
+    run = _debug_run(tmp_path)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run / "metrics.csv").is_file()
+    assert (tmp_path / "outputs" / "mlflow.db").is_file()
+
+
+def test_logger_missing_tracker_is_one_line(run_train, tmp_path):
+    # This install has MLflow: a sitecustomize makes `import mlflow` fail as where it is absent.
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['mlflow'] = None\n")
+    path = os.pathsep.join(p for p in (str(blocker), os.environ.get("PYTHONPATH", "")) if p)
+    for choice in ("mlflow", "many"):
+        proc = run_train("debug=fast", f"logger={choice}", check=False, env={"PYTHONPATH": path})
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert lines == [f'error: logger={choice} needs MLflow: pip install -e ".[mlflow]"'], lines
+    assert run_dirs(tmp_path / "outputs") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import torch
@@ -46,3 +47,37 @@ def check_train_config(cfg: DictConfig) -> None:
         with open_dict(cfg):
             cfg.trainer.sync_batchnorm = False
     use_native_precision(cfg, on_cpu)
+    check_loggers(cfg)
+
+
+# Trackers that are optional extras: the logger class, the module it imports, the name users know.
+OPTIONAL_TRACKERS = {
+    "MLFlowLogger": ("mlflow", "MLflow", "mlflow"),
+    "WandbLogger": ("wandb", "Weights & Biases (wandb)", "wandb"),
+}
+
+
+def _choice(group: str, default: str) -> str:
+    """The option the command line chose for a config group (``logger=many``), else ``default``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices.get(group) or default)
+    except Exception:  # not under Hydra (a unit test composing the config)
+        return default
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """A tracker the chosen logger needs but this install lacks: one line naming the extra."""
+    for key, entry in (cfg.get("logger") or {}).items():
+        target = str((entry or {}).get("_target_", ""))
+        tracker = OPTIONAL_TRACKERS.get(target.rsplit(".", 1)[-1])
+        if tracker is None:
+            continue
+        module, name, extra = tracker
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UserError(
+                f'logger={_choice("logger", key)} needs {name}: pip install -e ".[{extra}]"'
+            ) from None

@@ -58,6 +58,28 @@ def display_callbacks(callbacks: list[Any], trainer_cfg: DictConfig) -> tuple[li
     return callbacks, flags
 
 
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The composed config as one level of dotted keys (``trainer.max_epochs``), as trackers
+    show hyperparameters; lists and None become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_config(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+def log_config(loggers: list[Any], config: dict[str, Any]) -> None:
+    """Log the composed config, flattened, as every logger's hyperparameters (rank zero only:
+    Lightning's loggers ignore the call elsewhere)."""
+    if loggers:
+        params = flat_config(config)
+        for logger in loggers:
+            logger.log_hyperparams(params)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_lightning()
     check_train_config(cfg)
@@ -101,6 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    log_config(loggers, module.run_info["config"])
     if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
         # Lightning refuses a learning-rate monitor without a logger; logger=none means "log nothing".
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
