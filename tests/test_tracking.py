@@ -173,3 +173,31 @@ def test_logger_missing_tracker_is_one_line(run_train, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert lines == [f'error: logger={choice} needs MLflow: pip install -e ".[mlflow]"'], lines
     assert run_dirs(tmp_path / "outputs") == []
+
+
+# ---- early stopping -------------------------------------------------------------------------------
+def test_early_stopping_refused_under_cv(run_train, tmp_path):
+    proc = run_train("callbacks.early_stopping.patience=2", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: callbacks.early_stopping needs data.protocol=holdout")
+    assert "reported fold" in lines[0]
+    assert run_dirs(tmp_path / "outputs") == []
+
+
+def test_early_stopping_stops_a_holdout_run(run_train, tmp_path):
+    # min_delta=100: no epoch after the first improves enough, so patience 1 stops after epoch 2 of 5.
+    run_train(
+        "debug=limit",
+        *SMALL,
+        "trainer.max_epochs=5",
+        "data.protocol=holdout",
+        "data.fold=2",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=100",
+    )
+    run = _debug_run(tmp_path)
+    assert [(e, n) for e, n, _ in _epochs(run)] == [(1, 5), (2, 5)]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["protocol"] == "holdout"

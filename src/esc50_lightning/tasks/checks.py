@@ -48,6 +48,22 @@ def check_train_config(cfg: DictConfig) -> None:
             cfg.trainer.sync_batchnorm = False
     use_native_precision(cfg, on_cpu)
     check_loggers(cfg)
+    check_early_stopping(cfg)
+
+
+def early_stopping_on(cfg: DictConfig) -> bool:
+    """Whether callbacks.early_stopping is on: present, and its patience set."""
+    entry = (cfg.get("callbacks") or {}).get("early_stopping")
+    return bool(entry) and entry.get("patience") is not None
+
+
+def check_early_stopping(cfg: DictConfig) -> None:
+    """Early stopping watches the validation fold, which under cv is the reported fold."""
+    if early_stopping_on(cfg) and cfg.data.get("protocol") == "cv":
+        raise UserError(
+            "callbacks.early_stopping needs data.protocol=holdout: under cv the validation fold is "
+            "the reported fold, and stopping on it would choose the result on the test data"
+        )
 
 
 # Trackers that are optional extras: the logger class, the module it imports, the name users know.

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from esc50_lightning.checkpoints.io import AtomicCheckpointIO
 from esc50_lightning.errors import UserError
 from esc50_lightning.factory import build_logmel, build_module
-from esc50_lightning.tasks.checks import check_train_config
+from esc50_lightning.tasks.checks import check_train_config, early_stopping_on
 from esc50_lightning.tasks.results import print_summary, run_metrics, save_metrics, write_predictions
 from esc50_lightning.tasks.resume import continue_log_in, record_resume, resolve_resume
 from esc50_lightning.training.display import quiet_lightning
@@ -121,7 +121,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "data": datamodule.describe(),
         "model_name": cfg.model.name,
     }
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [
+        instantiate(c)
+        for key, c in (cfg.get("callbacks") or {}).items()
+        if c and not (key == "early_stopping" and not early_stopping_on(cfg))  # off: patience null
+    ]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     log_config(loggers, module.run_info["config"])
     if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
