@@ -201,3 +201,22 @@ def test_early_stopping_stops_a_holdout_run(run_train, tmp_path):
     assert [(e, n) for e, n, _ in _epochs(run)] == [(1, 5), (2, 5)]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["protocol"] == "holdout"
+
+
+# ---- trainer=mps ----------------------------------------------------------------------------------
+def test_trainer_mps_refused_without_apple_gpu(run_train, tmp_path):
+    import torch
+
+    if torch.backends.mps.is_available():
+        import pytest
+
+        pytest.skip("this machine has an Apple GPU")
+    # The quick settings say trainer.accelerator=cpu: the override after them says mps again.
+    for overrides, name in (
+        (["trainer=mps", "trainer.accelerator=mps"], "trainer=mps"),
+        (["trainer.accelerator=mps"], "trainer.accelerator=mps"),
+    ):
+        proc = run_train("debug=fast", *overrides, check=False)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"error: {name}: no Apple GPU (MPS) on this machine"]
+    assert run_dirs(tmp_path / "outputs") == []

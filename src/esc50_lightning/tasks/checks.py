@@ -40,6 +40,7 @@ def check_train_config(cfg: DictConfig) -> None:
             "under data.protocol=cv the final epoch is the result, and it would not be validated"
         )
     accelerator = cfg.trainer.get("accelerator")
+    check_mps(accelerator)
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if cfg.trainer.get("sync_batchnorm") and on_cpu:
         # torch's SyncBatchNorm is GPU-only; trainer=ddp on CPU (gloo) runs with per-process BatchNorm.
@@ -49,6 +50,18 @@ def check_train_config(cfg: DictConfig) -> None:
     use_native_precision(cfg, on_cpu)
     check_loggers(cfg)
     check_early_stopping(cfg)
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def check_mps(accelerator: object) -> None:
+    """trainer=mps (or trainer.accelerator=mps) where there is no Apple GPU: one line."""
+    if accelerator == "mps" and not mps_available():
+        name = "trainer=mps" if _choice("trainer", "") == "mps" else "trainer.accelerator=mps"
+        raise UserError(f"{name}: no Apple GPU (MPS) on this machine")
 
 
 def early_stopping_on(cfg: DictConfig) -> bool:
