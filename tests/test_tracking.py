@@ -220,3 +220,45 @@ def test_trainer_mps_refused_without_apple_gpu(run_train, tmp_path):
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stderr.strip().splitlines() == [f"error: {name}: no Apple GPU (MPS) on this machine"]
     assert run_dirs(tmp_path / "outputs") == []
+
+
+# ---- hparams_search -------------------------------------------------------------------------------
+def test_hparams_search_refused_under_cv(run_train, tmp_path):
+    proc = run_train("hparams_search=lr_wd", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: hparams_search=lr_wd needs data.protocol=holdout: under cv the validation fold is the "
+        "reported fold, and the search would select on the test data"
+    ]
+    assert run_dirs(tmp_path / "outputs") == []
+
+
+def test_hparams_search_trials_resume_and_best_recipe(run_train, tmp_path):
+    import optuna
+    import yaml
+
+    common = ["debug=fast", *SMALL, "data.protocol=holdout", "data.fold=2", "hparams_search=lr_wd"]
+    proc = run_train(*common, "hparams_search.n_trials=2")
+    (sweep,) = [d for d in run_dirs(tmp_path / "outputs") if (d / "optuna.db").is_file()]
+    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    study = optuna.load_study(study_name="lr_wd", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    for t in study.trials:
+        assert set(t.params) == {"optim.optimizer.lr", "optim.optimizer.weight_decay"}
+        assert 1e-4 <= t.params["optim.optimizer.lr"] <= 3e-3
+        metrics = json.loads((sweep / "trials" / f"{t.number:03d}" / "metrics.json").read_text())
+        assert t.value == metrics["best"]["loss"] and metrics["protocol"] == "holdout"
+    assert "best trial:" in proc.stdout
+
+    # Resumed: the same study, one more trial up to three.
+    run_train(*common, "hparams_search.n_trials=3", f"hparams_search.dir={sweep}")
+    study = optuna.load_study(study_name="lr_wd", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+
+    best = yaml.safe_load((sweep / "best.yaml").read_text())
+    assert best["trial"] == study.best_trial.number and best["val_loss"] == study.best_value
+    assert best["params"] == study.best_trial.params
+    assert not any(o.startswith("hparams_search") for o in best["overrides"])
+    command = (sweep / "best.sh").read_text().splitlines()[-1]  # cd <repo> && exec python train.py ...
+    assert "exec python train.py" in command and "hparams_search" not in command
+    assert f"optim.optimizer.lr={best['params']['optim.optimizer.lr']}" in command

@@ -50,6 +50,16 @@ def check_train_config(cfg: DictConfig) -> None:
     use_native_precision(cfg, on_cpu)
     check_loggers(cfg)
     check_early_stopping(cfg)
+    check_search(cfg)
+
+
+def check_search(cfg: DictConfig) -> None:
+    """A search selects on the validation fold, which under cv is the reported fold."""
+    if cfg.get("hparams_search") and cfg.data.get("protocol") == "cv":
+        raise UserError(
+            f"hparams_search={cfg.hparams_search.get('name')} needs data.protocol=holdout: under cv "
+            "the validation fold is the reported fold, and the search would select on the test data"
+        )
 
 
 def mps_available() -> bool:
