@@ -8,6 +8,12 @@ from esc50_lightning.hydra_ext.task import guarded_task, run_hydra_main
 
 def _train(cfg: DictConfig) -> dict:
     # Imported here, not at the top: a config mistake is reported before torch and Lightning load.
+    if cfg.get("hparams_search"):
+        from esc50_lightning.tasks.checks import check_train_config
+        from esc50_lightning.tasks.search import search
+
+        check_train_config(cfg)  # refuses a search under data.protocol=cv, among others
+        return search(cfg)
     from esc50_lightning.tasks.train import train
 
     return train(cfg)

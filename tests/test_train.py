@@ -105,7 +105,9 @@ def test_every_config_option_composes_and_instantiates(override, monkeypatch, tm
     with torch.no_grad():
         logits = module(module.features(torch.randn(2, int(dataset.sample_rate * dataset.clip_seconds))))
     assert logits.shape == (2, 50) and torch.isfinite(logits).all()
-    needs_gpu = cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available()
+    needs_gpu = (cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available()) or (
+        cfg.trainer.accelerator == "mps" and not torch.backends.mps.is_available()
+    )
     if cfg.trainer.get("strategy") != "ddp" and not needs_gpu:  # those are exercised where they run
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         assert trainer.max_epochs == cfg.trainer.max_epochs

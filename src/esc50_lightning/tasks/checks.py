@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import torch
@@ -39,6 +40,7 @@ def check_train_config(cfg: DictConfig) -> None:
             "under data.protocol=cv the final epoch is the result, and it would not be validated"
         )
     accelerator = cfg.trainer.get("accelerator")
+    check_mps(accelerator)
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if cfg.trainer.get("sync_batchnorm") and on_cpu:
         # torch's SyncBatchNorm is GPU-only; trainer=ddp on CPU (gloo) runs with per-process BatchNorm.
@@ -46,3 +48,75 @@ def check_train_config(cfg: DictConfig) -> None:
         with open_dict(cfg):
             cfg.trainer.sync_batchnorm = False
     use_native_precision(cfg, on_cpu)
+    check_loggers(cfg)
+    check_early_stopping(cfg)
+    check_search(cfg)
+
+
+def check_search(cfg: DictConfig) -> None:
+    """A search selects on the validation fold, which under cv is the reported fold."""
+    if cfg.get("hparams_search") and cfg.data.get("protocol") == "cv":
+        raise UserError(
+            f"hparams_search={cfg.hparams_search.get('name')} needs data.protocol=holdout: under cv "
+            "the validation fold is the reported fold, and the search would select on the test data"
+        )
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def check_mps(accelerator: object) -> None:
+    """trainer=mps (or trainer.accelerator=mps) where there is no Apple GPU: one line."""
+    if accelerator == "mps" and not mps_available():
+        name = "trainer=mps" if _choice("trainer", "") == "mps" else "trainer.accelerator=mps"
+        raise UserError(f"{name}: no Apple GPU (MPS) on this machine")
+
+
+def early_stopping_on(cfg: DictConfig) -> bool:
+    """Whether callbacks.early_stopping is on: present, and its patience set."""
+    entry = (cfg.get("callbacks") or {}).get("early_stopping")
+    return bool(entry) and entry.get("patience") is not None
+
+
+def check_early_stopping(cfg: DictConfig) -> None:
+    """Early stopping watches the validation fold, which under cv is the reported fold."""
+    if early_stopping_on(cfg) and cfg.data.get("protocol") == "cv":
+        raise UserError(
+            "callbacks.early_stopping needs data.protocol=holdout: under cv the validation fold is "
+            "the reported fold, and stopping on it would choose the result on the test data"
+        )
+
+
+# Trackers that are optional extras: the logger class, the module it imports, the name users know.
+OPTIONAL_TRACKERS = {
+    "MLFlowLogger": ("mlflow", "MLflow", "mlflow"),
+    "WandbLogger": ("wandb", "Weights & Biases (wandb)", "wandb"),
+}
+
+
+def _choice(group: str, default: str) -> str:
+    """The option the command line chose for a config group (``logger=many``), else ``default``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices.get(group) or default)
+    except Exception:  # not under Hydra (a unit test composing the config)
+        return default
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """A tracker the chosen logger needs but this install lacks: one line naming the extra."""
+    for key, entry in (cfg.get("logger") or {}).items():
+        target = str((entry or {}).get("_target_", ""))
+        tracker = OPTIONAL_TRACKERS.get(target.rsplit(".", 1)[-1])
+        if tracker is None:
+            continue
+        module, name, extra = tracker
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UserError(
+                f'logger={_choice("logger", key)} needs {name}: pip install -e ".[{extra}]"'
+            ) from None

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from esc50_lightning.checkpoints.io import AtomicCheckpointIO
 from esc50_lightning.errors import UserError
 from esc50_lightning.factory import build_logmel, build_module
-from esc50_lightning.tasks.checks import check_train_config
+from esc50_lightning.tasks.checks import check_train_config, early_stopping_on
 from esc50_lightning.tasks.results import print_summary, run_metrics, save_metrics, write_predictions
 from esc50_lightning.tasks.resume import continue_log_in, record_resume, resolve_resume
 from esc50_lightning.training.display import quiet_lightning
@@ -56,6 +56,28 @@ def display_callbacks(callbacks: list[Any], trainer_cfg: DictConfig) -> tuple[li
         "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks),
     }
     return callbacks, flags
+
+
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The composed config as one level of dotted keys (``trainer.max_epochs``), as trackers
+    show hyperparameters; lists and None become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_config(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+def log_config(loggers: list[Any], config: dict[str, Any]) -> None:
+    """Log the composed config, flattened, as every logger's hyperparameters (rank zero only:
+    Lightning's loggers ignore the call elsewhere)."""
+    if loggers:
+        params = flat_config(config)
+        for logger in loggers:
+            logger.log_hyperparams(params)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -99,8 +121,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "data": datamodule.describe(),
         "model_name": cfg.model.name,
     }
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [
+        instantiate(c)
+        for key, c in (cfg.get("callbacks") or {}).items()
+        if c and not (key == "early_stopping" and not early_stopping_on(cfg))  # off: patience null
+    ]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    log_config(loggers, module.run_info["config"])
     if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
         # Lightning refuses a learning-rate monitor without a logger; logger=none means "log nothing".
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
