@@ -142,7 +142,7 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
         ),
         (
             ["model=transformer"],
-            "error: model=transformer: no such option; choose from cnn4, cnn8, resnet18, vgg8",
+            "error: model=transformer: no such option; choose from cnn14, cnn4, cnn8, resnet18, vgg8",
         ),
         (["data.fold=abc"], "error: data.fold=abc: not an integer; choose from 1, 2, 3, 4, 5"),
         (

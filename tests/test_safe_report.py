@@ -171,7 +171,7 @@ MISTAKES = [
     (
         "train.py",
         ["model=resnet19"],
-        "error: model=resnet19: no such option; choose from cnn4, cnn8, resnet18, vgg8",
+        "error: model=resnet19: no such option; choose from cnn14, cnn4, cnn8, resnet18, vgg8",
     ),
     (
         "train.py",

@@ -63,6 +63,9 @@ def test_the_shipped_recipe_composes_the_config_the_shipped_model_trained_with()
     ours, theirs = _flat(OmegaConf.to_container(composed, resolve=True)), _flat(recorded)
     # new in 1.0, where the recorded config holds the same widths as numbers
     assert (ours.pop("features.mask_width.freq"), ours.pop("features.mask_width.time")) == (8, 24)
+    # new in 1.0 and off unless its patience is set
+    early = {k: ours.pop(k) for k in [k for k in ours if k.startswith("callbacks.early_stopping.")]}
+    assert early["callbacks.early_stopping.patience"] is None
     assert theirs["augmentation.spec_augment.freq_mask_width"] == 8
     differ = {
         k: (theirs.get(k), ours.get(k)) for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)
