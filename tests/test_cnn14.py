@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
 import os
 from pathlib import Path
 
@@ -218,9 +219,10 @@ def test_freeze_moves_only_the_head(reference) -> None:
     assert moved == {n for n, _ in module.net.named_parameters()} and stats_moved
 
 
-def test_finetune_trains_on_real_clips(run_train, reference, tmp_path: Path) -> None:
+def test_finetune_trains_on_real_clips(run_train, reference, tmp_path: Path, esc50_root, capsys) -> None:
     """The recipe end to end from a checkpoint in the published format: 32 kHz clips, frozen
-    backbone in epoch 1, unfrozen in epoch 2; the checkpoint it writes predicts and reloads."""
+    backbone in epoch 1, unfrozen in epoch 2; the checkpoint it writes reloads, exports, evaluates
+    with eval.py and predicts."""
     _, path = reference
     proc = run_train(
         "experiment=cnn14_finetune",
@@ -252,6 +254,21 @@ def test_finetune_trains_on_real_clips(run_train, reference, tmp_path: Path) -> 
     assert diff < 1e-4, diff
     meta = (tmp_path / "export" / "last.json").read_text()
     assert '"sample_rate": 32000' in meta and '"input_samples": 160000' in meta
+
+    # eval.py scores the fine-tuned checkpoint once on real fold-1 clips (resampled to 32 kHz) ...
+    shown = run_train(f"ckpt_path={ckpts[0]}", "data.limit_per_class=1", script="eval.py", tiny=False).stdout
+    (scored,) = [p.parent for p in (tmp_path / "outputs" / "eval").rglob("metrics.json")]
+    metrics = json.loads((scored / "metrics.json").read_text())
+    assert metrics["clips"] == 50 and 0.0 <= metrics["test"]["acc"] <= 1.0 and "epoch 2" in shown
+    # ... and predict names ESC-50 classes for a real 44.1 kHz file
+    from esc50_lightning import predict
+
+    wav = next((esc50_root / "audio").glob("1-*.wav"))
+    with pytest.raises(SystemExit) as done:
+        predict.main(["--ckpt", str(ckpts[0]), "--top-k", "3", str(wav)])
+    assert done.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert sum(name in printed for name in info["data"]["class_names"]) >= 3
 
 
 def test_predict_tags_audioset_with_the_published_file(
