@@ -40,6 +40,7 @@ import torch
 from omegaconf import OmegaConf
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+from esc50_lightning.checkpoints.record import read_checkpoint
 from esc50_lightning.data.table import DatasetSpec, read_table
 from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.hydra_ext.run_dirs import read_run_config
@@ -323,10 +324,8 @@ def _names_in_metrics(run_dir: Path) -> list[str] | None:
 def _names_in_checkpoint(run_dir: Path) -> list[str] | None:
     folder = run_dir / "checkpoints"
     for path in [folder / "last.ckpt", *sorted(folder.glob("*.ckpt"))]:
-        if path.is_file():
-            # weights_only: plain data only, so a foreign checkpoint cannot run code in the report
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            return ckpt["esc50"]["data"]["class_names"]
+        if path.is_file():  # the project's safe reader: weights only, the run record checked
+            return read_checkpoint(path)["esc50"]["data"]["class_names"]
     return None
 
 
