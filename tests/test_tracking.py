@@ -323,6 +323,14 @@ def test_hparams_search_killed_then_resumed(run_train, esc50_root, cache_dir, tm
     rows = (sweep / "report" / "search_trials.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("trial,state,value,fold2,")
 
+    # Continued with other folds, the objective would change meaning: refused in one line.
+    proc = run_train(
+        *common, "hparams_search.folds=[2,3]", f"hparams_search.dir={sweep}", tiny=False, check=False
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: hparams_search.folds [2, 3] differ from the search's in"
+    ), proc.stderr
+
 
 def test_hparams_search_parallel_trials_over_two_folds(run_train, tmp_path):
     """Two trials at once, each trained on test folds 2 and 3: the objective is the mean of the two

@@ -162,8 +162,24 @@ class Search:
             sampler=optuna.samplers.TPESampler(seed=cfg.seed),
             load_if_exists=True,
         )
-        self.study.set_user_attr("metric", spec.metric)  # for the report
         self.base = base_overrides()
+        # A study continued with other folds, another metric or other settings would compare
+        # trials that are not comparable.
+        recorded = {
+            "metric": spec.metric,
+            "direction": spec.direction,
+            "folds": spec.folds,
+            "overrides": self.base,
+        }
+        for key, value in recorded.items():
+            before = self.study.user_attrs.get(key)
+            if before is not None and before != value:
+                what = "the command's overrides" if key == "overrides" else f"hparams_search.{key}"
+                raise UserError(
+                    f"{what} {value} differ from the search's in {sweep}, {before}: "
+                    "continue it with the same, or start a new search"
+                )
+            self.study.set_user_attr(key, value)
         self.dataset_folds = [int(f) for f in cfg.data.dataset.folds]
         self.script = Path(sys.argv[0]).resolve()
         self.lock = threading.Lock()
