@@ -2,7 +2,8 @@
 
 ``python -m esc50_lightning.report DIR`` reads every run under DIR (a Hydra multirun, an outputs
 folder, any folder of run folders) and writes ``DIR/report/`` (``results.md``, ``results.csv``,
-``per_class.csv``, ``confusion_<model>_<protocol>.png``), printing the Markdown on stdout. The
+``per_class.csv``, ``confusion_<model>_<protocol>.png``), printing the Markdown on stdout (for an
+``hparams_search`` sweep: its trials, best settings and history, see search_summary.py). The
 files are built in memory and renamed into place together: a report that fails leaves the
 previous one as it was.
 
@@ -45,6 +46,7 @@ from esc50_lightning.data.table import DatasetSpec, read_table
 from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.hydra_ext.run_dirs import read_run_config
 from esc50_lightning.hydra_ext.task import check_value_types
+from esc50_lightning.search_summary import is_search, search_report
 from esc50_lightning.training.metrics import confusion_figure
 
 # Overrides that identify the fold, the model or the launcher, not a different experiment.
@@ -567,6 +569,10 @@ def write_report(root: Path, out: Path | None = None) -> tuple[str, Path]:
     if not root.is_dir():
         raise UserError(f"{root}: not a folder")
     out = (out or root / "report").expanduser().resolve()
+    if is_search(root):  # an hparams_search sweep: its trials by validation figures only
+        text, files = search_report(root, out)
+        publish(out, files, stale="search_history*.png")
+        return text, out
     groups, others = collect(root, exclude=out)
     if not groups and not others:
         raise UserError(f"{root}: no runs found (no folder with .hydra/ or metrics.json)")

@@ -1,14 +1,19 @@
 """``hparams_search=<name>``: an Optuna search (ask and tell) whose trials are training runs.
 
-Each trial runs ``train.py`` with this command's overrides plus the trial's values, in
-``<sweep>/trials/NNN``; its objective is an entry of the validation fold's best epoch in that run's
-metrics.json (``hparams_search.metric``). Trials live in ``<sweep>/optuna.db`` (SQLite), so a
-search stopped half-way continues with ``hparams_search.dir=<sweep>`` up to ``n_trials`` finished
-trials. The best trial is written as ``<sweep>/best.yaml`` (its values and score) and
-``<sweep>/best.sh`` (the command that trains it).
+A trial trains once per fold the search names (``hparams_search.folds``, each under
+``data.protocol=holdout``: test fold ``f``, validation fold ``f - 1``), in
+``<sweep>/trials/NNN/fold<f>``, with this command's overrides plus the trial's values. Its
+objective is the mean over those folds of an entry of the validation fold's best epoch in each
+run's metrics.json (``hparams_search.metric``); the test folds are never read. ``n_jobs`` trials run
+at once, each fold a child process (threads here only wait for them).
+
+Trials live in ``<sweep>/optuna.db`` (SQLite). A search stopped half-way, even killed, continues with
+``hparams_search.dir=<sweep>`` up to ``n_trials`` finished trials: a trial left running by the
+killed search is marked failed and its values are tried again. ``<sweep>/best.yaml`` is the best
+trial as a recipe (a primary config over ``train``), ``<sweep>/best.sh`` the command that trains it.
 
 Our own small driver, not Hydra's Optuna sweeper: that plugin (1.3.x) pins optuna<3, whose SQLite
-storage breaks with SQLAlchemy 2.
+storage breaks with SQLAlchemy 2 (docs/tracking.md).
 """
 
 from __future__ import annotations
@@ -16,20 +21,84 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import signal
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from esc50_lightning.errors import UserError
+from esc50_lightning.filelock import file_lock
 
 log = logging.getLogger(__name__)
 
-STATE_DONE = ("COMPLETE", "FAIL")
+STUDY_FILE = "optuna.db"
+RECIPE_FILE = "best.yaml"
+# A failed trial carries this user attribute (why); a FAIL without it was interrupted, not finished.
+ERROR_ATTR = "error"
+# Keys a recipe leaves to the command that runs it: how it is evaluated, debugged, searched, launched.
+NOT_IN_RECIPE = ("data.protocol", "data.fold", "debug", "hparams_search", "hydra", "ckpt_path")
+
+
+@dataclass
+class SearchSpec:
+    """``cfg.hparams_search``, checked."""
+
+    name: str
+    metric: str
+    direction: str
+    n_trials: int
+    n_jobs: int
+    folds: list[int]
+    params: dict[str, dict[str, Any]]
+    dir: str | None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> SearchSpec:
+        spec = OmegaConf.to_container(cfg.hparams_search, resolve=True)
+        assert isinstance(spec, dict)
+        name = spec.get("name", "search")
+        direction = spec.get("direction", "minimize")
+        if direction not in ("minimize", "maximize"):
+            raise UserError(f"hparams_search.direction={direction} must be minimize or maximize")
+        n_trials = int(spec.get("n_trials", 20))
+        if n_trials < 1:
+            raise UserError(f"hparams_search.n_trials={n_trials} must be at least 1")
+        n_jobs = spec.get("n_jobs")
+        n_jobs = int(n_jobs) if n_jobs is not None else _launcher_jobs()
+        if n_jobs < 1:
+            raise UserError(f"hparams_search.n_jobs={n_jobs} must be at least 1")
+        folds = spec.get("folds")
+        folds = [int(cfg.data.fold)] if folds is None else [int(f) for f in folds]
+        known = [int(f) for f in cfg.data.dataset.folds]
+        bad = [f for f in folds if f not in known]
+        if bad or not folds or len(set(folds)) != len(folds):
+            raise UserError(
+                f"hparams_search.folds={folds}: give distinct test folds of data.dataset.folds {known} "
+                "(each trial trains once per fold, validating on the fold before it)"
+            )
+        params = spec.get("params") or {}
+        if not params:
+            raise UserError(f"hparams_search={name}: params is empty; name at least one key to search")
+        return cls(
+            name, spec.get("metric", "loss"), direction, n_trials, n_jobs, folds, params, spec.get("dir")
+        )
+
+
+def _launcher_jobs() -> int:
+    """With ``hydra/launcher=local_parallel`` (joblib), its ``n_jobs`` trials at once; else one."""
+    launcher = HydraConfig.get().launcher
+    if str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        return max(1, int(launcher.get("n_jobs") or 1))
+    return 1
 
 
 def _suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
@@ -48,78 +117,261 @@ def base_overrides() -> list[str]:
     return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("hparams_search")]
 
 
-def search(cfg: DictConfig) -> dict[str, Any]:
-    try:
-        import optuna
-    except ImportError:
-        raise UserError('hparams_search needs Optuna: pip install -e ".[search]"') from None
-    spec = OmegaConf.to_container(cfg.hparams_search, resolve=True)
-    assert isinstance(spec, dict)
-    sweep = Path(spec.get("dir") or cfg.paths.output_dir).resolve()
-    (sweep / "trials").mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{sweep / 'optuna.db'}"
-    metric, direction = spec.get("metric", "loss"), spec.get("direction", "minimize")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=spec["name"],
-        storage=storage,
-        direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-        load_if_exists=True,
-    )
-    base = base_overrides()
-    script = Path(sys.argv[0]).resolve()
-    n_trials = int(spec.get("n_trials", 20))
-    log.info("hparams_search=%s: %d trials in %s (storage %s)", spec["name"], n_trials, sweep, storage)
+def _leaves_recipe(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in NOT_IN_RECIPE)
 
-    def finished() -> int:
-        return sum(t.state.name in STATE_DONE for t in study.get_trials(deepcopy=False))
 
-    while finished() < n_trials:
-        trial = study.ask()
-        values = {key: _suggest(trial, key, s) for key, s in spec["params"].items()}
-        run_dir = sweep / "trials" / f"{trial.number:03d}"
-        overrides = [*base, *(f"{k}={v}" for k, v in values.items()), f"hydra.run.dir={run_dir}"]
-        log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
-        proc = subprocess.run([sys.executable, str(script), *overrides], cwd=Path.cwd())
-        metrics_file = run_dir / "metrics.json"
-        if proc.returncode != 0 or not metrics_file.is_file():
-            log.warning("trial %d failed (exit status %d)", trial.number, proc.returncode)
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+def recipe(overrides: list[str], groups: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """The YAML of a primary config that composes ``train`` with ``overrides``, and the overrides
+    a config file cannot hold (deletions, packages), which stay on the command line.
+
+    Group choices become defaults-list entries, values become keys after ``_self_`` (so they win
+    over the recipe a chosen ``experiment`` brings, as on the command line). Evaluation and
+    launching (protocol, fold, debug, hydra) are left to the command that runs it.
+    """
+    defaults: dict[str, str] = {}
+    body = OmegaConf.create({})
+    extra: list[str] = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group
+        if _leaves_recipe(key):
             continue
-        best = json.loads(metrics_file.read_text()).get("best") or {}
-        value = best.get(metric)
-        if value is None:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            choices = ", ".join(sorted(best))
-            raise UserError(f"hparams_search.metric={metric}: not in metrics.json's best entry ({choices})")
-        study.tell(trial, float(value))
-        log.info("trial %d: validation %s %.4f", trial.number, metric, value)
+        if o.is_delete() or o.package is not None:
+            extra.append(o.input_line)
+        elif key in groups:
+            defaults[key] = str(o.value())
+        else:
+            OmegaConf.update(body, key, o.value(), force_add=True)
+    entries: list[Any] = ["train", *({f"override {g}": v} for g, v in defaults.items()), "_self_"]
+    text = {"defaults": entries, "hydra": {"searchpath": ["pkg://esc50_lightning.conf"]}}
+    return {**text, **OmegaConf.to_container(body)}, extra
 
+
+class Search:
+    """One study: claims trials up to ``n_trials`` finished, runs them ``n_jobs`` at once."""
+
+    def __init__(self, cfg: DictConfig, spec: SearchSpec, sweep: Path):
+        import optuna
+
+        self.optuna, self.spec, self.sweep = optuna, spec, sweep
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(
+            study_name=spec.name,
+            storage=f"sqlite:///{sweep / STUDY_FILE}",
+            direction=spec.direction,
+            sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+            load_if_exists=True,
+        )
+        self.base = base_overrides()
+        # A study continued with other folds, another metric or other settings would compare
+        # trials that are not comparable.
+        recorded = {
+            "metric": spec.metric,
+            "direction": spec.direction,
+            "folds": spec.folds,
+            "overrides": self.base,
+        }
+        for key, value in recorded.items():
+            before = self.study.user_attrs.get(key)
+            if before is not None and before != value:
+                what = "the command's overrides" if key == "overrides" else f"hparams_search.{key}"
+                raise UserError(
+                    f"{what} {value} differ from the search's in {sweep}, {before}: "
+                    "continue it with the same, or start a new search"
+                )
+            self.study.set_user_attr(key, value)
+        self.dataset_folds = [int(f) for f in cfg.data.dataset.folds]
+        self.script = Path(sys.argv[0]).resolve()
+        self.lock = threading.Lock()
+        self.children: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def finished(self) -> int:
+        return sum(
+            t.state.name == "COMPLETE" or (t.state.name == "FAIL" and ERROR_ATTR in t.user_attrs)
+            for t in self.study.get_trials(deepcopy=False)
+        )
+
+    def requeue_interrupted(self) -> None:
+        """Trials a killed search left running: failed (without an error) and asked again."""
+        for t in self.study.get_trials(deepcopy=False, states=(self.optuna.trial.TrialState.RUNNING,)):
+            self.study.tell(t.number, state=self.optuna.trial.TrialState.FAIL)
+            self.study.enqueue_trial(t.params, skip_if_exists=False)
+            log.info("trial %d was interrupted: its values are tried again", t.number)
+
+    def run(self) -> None:
+        self.requeue_interrupted()
+        todo = self.spec.n_trials - self.finished()
+        if todo <= 0:
+            return
+
+        def claim() -> bool:
+            nonlocal todo
+            with self.lock:
+                if todo <= 0 or self.stopping:
+                    return False
+                todo -= 1
+                return True
+
+        def worker() -> None:
+            while claim():
+                self.one_trial()
+
+        jobs = min(self.spec.n_jobs, todo)
+        with ThreadPoolExecutor(jobs) as pool:
+            futures = [pool.submit(worker) for _ in range(jobs)]
+            for f in futures:
+                try:
+                    f.result()
+                except BaseException:
+                    self.stopping = True  # the others end after their trial
+                    raise
+
+    def one_trial(self) -> None:
+        with self.lock:  # ask() reads the study and samples: one thread at a time
+            trial = self.study.ask()
+            values = {key: _suggest(trial, key, s) for key, s in self.spec.params.items()}
+        log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
+        scores: dict[int, float] = {}
+        for fold in self.spec.folds:
+            if self.stopping:  # another trial raised: this one is interrupted, not failed
+                self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+                return
+            try:
+                score, error = self.one_fold(trial.number, values, fold)
+            except BaseException:
+                self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+                raise
+            if error:
+                log.warning("trial %d failed: %s", trial.number, error)
+                trial.set_user_attr(ERROR_ATTR, error)
+                self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+                return
+            scores[fold] = score
+            trial.set_user_attr(f"fold{fold}", score)
+        value = sum(scores.values()) / len(scores)
+        self.study.tell(trial, value)
+        per_fold = ", ".join(f"fold {f} {v:.4f}" for f, v in scores.items())
+        log.info("trial %d: validation %s %.4f (%s)", trial.number, self.spec.metric, value, per_fold)
+
+    def one_fold(self, number: int, values: dict[str, Any], fold: int) -> tuple[float, str | None]:
+        run_dir = self.sweep / "trials" / f"{number:03d}" / f"fold{fold}"
+        overrides = [
+            *self.base,
+            *(f"{k}={v}" for k, v in values.items()),
+            f"data.fold={fold}",
+            f"hydra.run.dir={run_dir}",
+        ]
+        output = None
+        if self.spec.n_jobs > 1:  # parallel trials would interleave their progress on the console
+            run_dir.mkdir(parents=True, exist_ok=True)
+            output = open(run_dir.parent / f"fold{fold}.out", "w")  # noqa: SIM115 (closed below)
+        child: subprocess.Popen | None = None
+        try:
+            with self.lock:
+                child = subprocess.Popen(
+                    [sys.executable, str(self.script), *overrides],
+                    cwd=Path.cwd(),
+                    stdout=output,
+                    stderr=output,
+                )
+                self.children.add(child)
+            returncode = child.wait()
+        finally:
+            with self.lock:
+                self.children.discard(child)
+            if output is not None:
+                output.close()
+        metrics_file = run_dir / "metrics.json"
+        if returncode != 0 or not metrics_file.is_file():
+            return 0.0, f"fold {fold}: exit status {returncode}, see {run_dir}"
+        best = json.loads(metrics_file.read_text()).get("best") or {}
+        if self.spec.metric not in best:
+            choices = ", ".join(sorted(best))
+            raise UserError(
+                f"hparams_search.metric={self.spec.metric}: not in metrics.json's best entry ({choices})"
+            )
+        return float(best[self.spec.metric]), None
+
+    def stop_children(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM reaches only this process: pass it on to the running trials, then die of it."""
+        self.stopping = True
+        for child in list(self.children):
+            child.send_signal(signum)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+
+def write_best(search: Search) -> dict[str, Any]:
+    """``best.yaml`` (the recipe) and ``best.sh`` (its command); the best trial's record."""
+    spec, study, sweep = search.spec, search.study, search.sweep
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
-        raise UserError(f"hparams_search={spec['name']}: no trial finished; see {sweep}/trials")
-    best_trial = study.best_trial
-    best_overrides = [*base, *(f"{k}={v}" for k, v in best_trial.params.items())]
-    record = {
-        "search": spec["name"],
-        "trial": best_trial.number,
-        "trials": len(complete),
-        f"val_{metric}": best_trial.value,
-        "direction": direction,
-        "params": best_trial.params,
-        "overrides": best_overrides,
-        "run_dir": str(sweep / "trials" / f"{best_trial.number:03d}"),
-    }
-    (sweep / "best.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
-    command = " ".join(["python", shlex.quote(script.name), *map(shlex.quote, best_overrides)])
+        raise UserError(f"hparams_search={spec.name}: no trial finished; see {sweep}/trials")
+    best = study.best_trial
+    groups = set(HydraConfig.get().runtime.choices)
+    config, extra = recipe([*search.base, *(f"{k}={v}" for k, v in best.params.items())], groups)
+    folds = ", ".join(map(str, spec.folds))
+    known = search.dataset_folds
+    val_folds = ", ".join(str(known[known.index(f) - 1]) for f in spec.folds)  # the fold before, wrapping
+    argv = ["python", search.script.name, "-cd", str(sweep), "-cn", Path(RECIPE_FILE).stem, *extra]
+    command = " ".join(map(shlex.quote, argv))
+    header = (
+        f"# hparams_search={spec.name}: trial {best.number}, the best of {len(complete)} finished trials,\n"
+        f"# validation {spec.metric} {best.value:.4f}: holdout, the mean over validation folds {val_folds}\n"
+        f"# (test folds {folds}, not read).\n"
+        f"# Report it over five folds (cv):  {command} -m data.fold=1,2,3,4,5\n"
+    )
+    text = header + OmegaConf.to_yaml(OmegaConf.create(config))
+    (sweep / RECIPE_FILE).write_text(text)
     (sweep / "best.sh").write_text(
         "#!/bin/sh\n"
-        f"# hparams_search={spec['name']}: trial {best_trial.number} of {len(complete)}, "
-        f"validation {metric} {best_trial.value:.4f}. Extra overrides: ./best.sh data.fold=3\n"
-        f'cd {shlex.quote(str(script.parent))} && exec {command} "$@"\n'
+        f"# hparams_search={spec.name}: trial {best.number}; extra overrides pass on: ./best.sh data.fold=3\n"
+        f'cd {shlex.quote(str(search.script.parent))} && exec {command} "$@"\n'
     )
     (sweep / "best.sh").chmod(0o755)
-    print(f"best trial: {best_trial.number} (validation {metric} {best_trial.value:.4f})")
-    print(f"recipe: {sweep / 'best.yaml'}\ncommand: {sweep / 'best.sh'}")
-    return {"headline": {}, "best_trial": record}
+    print(f"best trial: {best.number} of {len(complete)} (validation {spec.metric} {best.value:.4f})")
+    print(f"recipe: {sweep / RECIPE_FILE}\ncommand: {command}")
+    return {
+        "search": spec.name,
+        "trial": best.number,
+        "trials": len(complete),
+        f"val_{spec.metric}": best.value,
+        "folds": spec.folds,
+        "params": best.params,
+        "recipe": str(sweep / RECIPE_FILE),
+    }
+
+
+def search(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise UserError('hparams_search needs Optuna: pip install -e ".[search]"') from None
+    spec = SearchSpec.from_config(cfg)
+    sweep = Path(spec.dir or cfg.paths.output_dir).resolve()
+    (sweep / "trials").mkdir(parents=True, exist_ok=True)
+    try:
+        with file_lock(sweep / ".search.lock", wait=False):
+            runner = Search(cfg, spec, sweep)
+            log.info(
+                "hparams_search=%s: %d trials (%d at once, folds %s) in %s",
+                spec.name,
+                spec.n_trials,
+                spec.n_jobs,
+                ",".join(map(str, spec.folds)),
+                sweep,
+            )
+            previous = None
+            if threading.current_thread() is threading.main_thread():
+                previous = signal.signal(signal.SIGTERM, runner.stop_children)
+            try:
+                runner.run()
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
+            return {"headline": {}, "best_trial": write_best(runner)}
+    except BlockingIOError:
+        raise UserError(
+            f"hparams_search: another search is running in {sweep}; wait for it or stop it"
+        ) from None

@@ -1,0 +1,150 @@
+"""hparams_search=<name>: an Optuna search whose trials are holdout training runs on real clips,
+killed and resumed, run in parallel over two folds, written as a recipe, summarised by the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from helpers import command_env, hydra_args, run_command, run_dirs, start_command
+
+# Small and quick on a CPU: cnn4, 8 clips a batch, one batch of training and validation a run.
+SMALL = ["model=cnn4", "data.batch_size=8", "data.eval_batch_size=8"]
+
+
+def test_hparams_search_refused_under_cv(run_train, tmp_path):
+    proc = run_train("hparams_search=lr_wd", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: hparams_search=lr_wd needs data.protocol=holdout: under cv the validation fold is the "
+        "reported fold, and the search would select on the test data"
+    ]
+    assert run_dirs(tmp_path / "outputs") == []
+
+    proc = run_train(
+        "data.protocol=holdout", "hparams_search=lr_wd", "hparams_search.folds=[2,9]", check=False
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: hparams_search.folds=[2, 9]: give distinct test folds of data.dataset.folds [1, 2, 3, 4, 5] "
+        "(each trial trains once per fold, validating on the fold before it)"
+    )
+
+
+def _study(sweep: Path, name: str = "lr_wd"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep / 'optuna.db'}")
+
+
+def _states(sweep: Path) -> list[str]:
+    return [t.state.name for t in _study(sweep).trials]
+
+
+def test_hparams_search_killed_then_resumed(run_train, esc50_root, cache_dir, tmp_path):
+    """Killed (SIGKILL, trial and all) while its second trial runs, the search resumes: the
+    interrupted trial's values are tried again and it ends with three finished trials and a
+    recipe that composes to the best trial's values; the report summarises it."""
+    from hydra import compose, initialize_config_dir
+
+    common = ["debug=fast", *SMALL, "data.protocol=holdout", "data.fold=2", "hparams_search=lr_wd"]
+    env = command_env(esc50_root, tmp_path, cache=cache_dir)
+    log = (tmp_path / "search.out").open("w")
+    proc = start_command(
+        hydra_args("train.py", *common, "hparams_search.n_trials=3", tiny=False),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    sweep = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            dbs = list((tmp_path / "outputs").rglob("optuna.db"))
+            sweep = dbs[0].parent if dbs else None
+            if sweep and _states(sweep) == ["COMPLETE", "RUNNING"] and (sweep / "trials" / "001").exists():
+                break
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the search and the training it runs
+        proc.wait()
+    assert sweep is not None and _states(sweep) == ["COMPLETE", "RUNNING"], (
+        tmp_path / "search.out"
+    ).read_text()
+    interrupted = _study(sweep).trials[1].params
+    assert not (sweep / "best.yaml").exists()
+
+    proc = run_train(*common, "hparams_search.n_trials=3", f"hparams_search.dir={sweep}", tiny=False)
+    study = _study(sweep)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert study.trials[2].params == interrupted  # asked again first
+    for t in study.trials[::2] + study.trials[3:]:
+        assert set(t.params) == {"optim.optimizer.lr", "optim.optimizer.weight_decay"}
+        assert 1e-4 <= t.params["optim.optimizer.lr"] <= 3e-3
+        metrics = json.loads((sweep / "trials" / f"{t.number:03d}" / "fold2" / "metrics.json").read_text())
+        assert t.value == metrics["best"]["loss"] and metrics["protocol"] == "holdout"
+    assert f"best trial: {study.best_trial.number} of 3" in proc.stdout
+
+    # The recipe composes (as `python train.py -cd <sweep> -cn best` does) to the best values,
+    # with the command's other settings and without the search, protocol or debug mode.
+    with initialize_config_dir(str(sweep), version_base="1.3"):
+        cfg = compose("best")
+    best = study.best_trial.params
+    assert cfg.optim.optimizer.lr == best["optim.optimizer.lr"]
+    assert cfg.optim.optimizer.weight_decay == best["optim.optimizer.weight_decay"]
+    assert cfg.model.name == "cnn4" and cfg.data.batch_size == 8
+    assert cfg.data.protocol == "cv" and cfg.get("hparams_search") is None and cfg.get("debug") is None
+    command = (sweep / "best.sh").read_text().splitlines()[-1]
+    assert f"exec python train.py -cd {sweep} -cn best" in command
+
+    report = run_command(["-m", "esc50_lightning.report", str(sweep)], env=env, check=True)
+    assert "4 trials (3 complete, 1 interrupted)" in report.stdout
+    assert f"Trial {study.best_trial.number}: validation loss {study.best_value:.4f}" in report.stdout
+    assert sorted(p.name for p in (sweep / "report").iterdir()) == [
+        "search.md",
+        "search_history.png",
+        "search_trials.csv",
+    ]
+    rows = (sweep / "report" / "search_trials.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("trial,state,value,fold2,")
+
+    # Continued with other folds, the objective would change meaning: refused in one line.
+    proc = run_train(
+        *common, "hparams_search.folds=[2,3]", f"hparams_search.dir={sweep}", tiny=False, check=False
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: hparams_search.folds [2, 3] differ from the search's in"
+    ), proc.stderr
+
+
+def test_hparams_search_parallel_trials_over_two_folds(run_train, tmp_path):
+    """Two trials at once, each trained on test folds 2 and 3: the objective is the mean of the two
+    validation folds' (1 and 2) best losses, and the two trials overlapped in time."""
+    proc = run_train(
+        "debug=fast", *SMALL, "data.protocol=holdout", "hparams_search=lr_wd",
+        "hparams_search.n_trials=2", "hparams_search.n_jobs=2", "hparams_search.folds=[2,3]",
+        tiny=False,
+    )  # fmt: skip
+    (sweep,) = [d for d in run_dirs(tmp_path / "outputs") if (d / "optuna.db").is_file()]
+    study = _study(sweep)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    for t in study.trials:
+        losses = {}
+        for fold, val_fold in ((2, 1), (3, 2)):
+            metrics = json.loads(
+                (sweep / "trials" / f"{t.number:03d}" / f"fold{fold}" / "metrics.json").read_text()
+            )
+            assert metrics["fold"] == fold and metrics["splits"]["val"] == [val_fold], metrics["splits"]
+            losses[fold] = metrics["best"]["loss"]
+            assert t.user_attrs[f"fold{fold}"] == losses[fold]
+        assert abs(t.value - (losses[2] + losses[3]) / 2) < 1e-12
+    first, second = study.trials
+    assert second.datetime_start < first.datetime_complete and first.datetime_start < second.datetime_complete
+    assert "(2 at once, folds 2,3)" in proc.stdout + proc.stderr
+    recipe = (sweep / "best.yaml").read_text()
+    assert "holdout, the mean over validation folds 1, 2" in recipe
