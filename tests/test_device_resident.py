@@ -1,6 +1,6 @@
 """data.device_resident: batches gathered from a copy of the cache on the training device. On the
 CPU the same code runs over the mapped cache, so these tests compare it with the DataLoader path
-batch for batch, and train through Lightning with it."""
+batch for batch, and train through Lightning with it. speed=gpu_fast's learning-rate scaling."""
 
 from __future__ import annotations
 
@@ -119,3 +119,19 @@ def test_device_resident_is_refused_under_ddp_in_one_line() -> None:
     cfg = compose_config("trainer=ddp", "trainer.accelerator=cpu", "data.device_resident=true")
     with pytest.raises(UserError, match=r"^data.device_resident=true serves one process on one device, not "):
         check_train_config(cfg)
+
+
+def test_gpu_fast_scales_the_learning_rate_with_the_batch() -> None:
+    cfg = compose_config("experiment=seed", "speed=gpu_fast", "compile=false")
+    assert (cfg.data.batch_size, cfg.data.device_resident, cfg.trainer.precision) == (256, True, "bf16-mixed")
+    assert cfg.trainer.max_epochs == 40 and cfg.data.copies_per_epoch == 5  # the recipe's own stay
+    module = build_module(cfg, [f"c{i}" for i in range(50)])
+    assert module.optimizer_factory.keywords["lr"] == pytest.approx(3e-4 * 256 / 32)
+    assert cfg.optim.optimizer.lr == 3e-4  # the recorded config keeps the rate as written
+    sqrt = compose_config(
+        "optim=adamw_onecycle", "speed=gpu_fast", "optim.lr_scaling=sqrt", "data.batch_size=128"
+    )
+    module = build_module(sqrt, [f"c{i}" for i in range(50)])
+    assert module.scheduler_factory.keywords["max_lr"] == pytest.approx(2e-3 * 2)  # follows the rate
+    with pytest.raises(UserError, match=r"^optim.lr_scaling=cubic must be null, linear or sqrt$"):
+        build_module(compose_config("optim.lr_scaling=cubic"), ["a", "b"])

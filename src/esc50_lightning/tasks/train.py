@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from esc50_lightning.checkpoints.io import AtomicCheckpointIO
 from esc50_lightning.errors import UserError
-from esc50_lightning.factory import build_logmel, build_module
+from esc50_lightning.factory import build_logmel, build_module, describe_lr_scaling
 from esc50_lightning.tasks.checks import check_train_config, early_stopping_on
 from esc50_lightning.tasks.results import print_summary, run_metrics, save_metrics, write_predictions
 from esc50_lightning.tasks.resume import continue_log_in, record_resume, resolve_resume
@@ -116,6 +116,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run_dir,
     )
     module = build_module(cfg, class_names, logmel)
+    scaling = describe_lr_scaling(cfg)
+    if scaling:
+        log.info(scaling)
     module.run_info = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "data": datamodule.describe(),
