@@ -135,3 +135,14 @@ def test_gpu_fast_scales_the_learning_rate_with_the_batch() -> None:
     assert module.scheduler_factory.keywords["max_lr"] == pytest.approx(2e-3 * 2)  # follows the rate
     with pytest.raises(UserError, match=r"^optim.lr_scaling=cubic must be null, linear or sqrt$"):
         build_module(compose_config("optim.lr_scaling=cubic"), ["a", "b"])
+
+
+def test_mps_daemon_is_reported_from_its_control_pipe(tmp_path: Path, monkeypatch) -> None:
+    from esc50_lightning.training.gpu_share import mps_daemon_status
+
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    assert mps_daemon_status().startswith(f"no CUDA MPS daemon (no control pipe in {tmp_path})")
+    (tmp_path / "control").touch()
+    assert mps_daemon_status().startswith(f"CUDA MPS daemon found (control pipe in {tmp_path})")
+    launcher = compose_config("hydra/launcher=shared_gpu", hydra=True).hydra.launcher
+    assert launcher._target_.endswith("JoblibLauncher") and launcher.n_jobs == 4
