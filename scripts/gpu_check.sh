@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue #28 (device-resident data, speed=gpu_fast, hydra/launcher=shared_gpu), for
-# a session with one GPU. Fits in about 12 minutes on one H200; results go to "$OUT" as they come:
+# a session with one GPU: one call of at most 10 minutes (the budget below) on one H200; results go
+# to "$OUT" as they come:
 #
 #   bash scripts/gpu_check.sh
 #
@@ -9,11 +10,16 @@
 #    device-resident data alone, and speed=gpu_fast's (resident, batch 256, bf16, channels_last,
 #    torch.compile) side by side; again without compile if the compiled run fails;
 # 3. sweep.log, sweep.md: one command, a five-fold cv of cnn8 with speed=gpu_fast for
-#    $EPOCHS epochs (default 200), the five runs sharing the GPU (hydra/launcher=shared_gpu),
+#    $EPOCHS epochs (default 200; 100 when under 400 s are left), the five runs sharing the GPU
+#    (hydra/launcher=shared_gpu),
 #    timed, with each fold's final accuracy; skipped when too little time is left.
 #
 # Data: $ESC50_ROOT if set, else laid out from ../shared/esc50 (materialize.py) under $WORK.
 # GPU_CHECK_DRY=1 runs the same steps on the CPU with tiny settings (a check of the script).
+# GPU_CHECK_BUDGET_S (default 540) is the time after which no step starts and the sweep stops, so
+# one call fits a 10-minute command limit. With less than that per command, run the two halves as
+# two calls on the same (warm) machine: GPU_CHECK_STEPS=bench, then GPU_CHECK_STEPS=sweep; the
+# data and cache under $WORK are reused.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,8 +28,9 @@ OUT=${OUT:-$REPO/gpu_check_out}
 WORK=${WORK:-/tmp/esc50-gpu-check}
 PY=${PYTHON:-python}
 DRY=${GPU_CHECK_DRY:-0}
-BUDGET=${GPU_CHECK_BUDGET_S:-690}  # stop starting steps past this many seconds
-EPOCHS=${EPOCHS:-200}
+BUDGET=${GPU_CHECK_BUDGET_S:-540}  # stop starting steps past this many seconds
+STEPS=${GPU_CHECK_STEPS:-bench sweep}
+EPOCHS=${EPOCHS:-}  # default: 200, or 100 when the sweep starts with under 400 s left
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
 export ESC50_CACHE=${ESC50_CACHE:-$WORK/cache}
@@ -68,26 +75,29 @@ if [[ $DRY == 1 ]]; then
 else
   DEVICE=cuda
   BENCH_ARGS=(--models cnn8,vgg8 --steps 20 --repeats 3)
-  SWEEP_ARGS=(model=cnn8 "trainer.max_epochs=$EPOCHS" data.fold=1,2,3,4,5 callbacks.progress_bar=null)
+  SWEEP_ARGS=(model=cnn8 data.fold=1,2,3,4,5 callbacks.progress_bar=null)
   SWEEP_JOBS=5
 fi
 
 # ---- 2. today's path against the fast path ---------------------------------------------------------
-COMPILE=true
-note "bench.fastpath (${BENCH_ARGS[*]}) ..."
-if timeout 420 $PY -m esc50_lightning.bench.fastpath --device "$DEVICE" "${BENCH_ARGS[@]}" \
-  --json "$OUT/fastpath.json" >"$OUT/fastpath.md" 2>"$OUT/fastpath.err"; then
-  note "bench.fastpath done"
-else
-  note "bench.fastpath failed (exit $?; fastpath.err); again without torch.compile"
-  COMPILE=false
-  if (($(left) > 240)); then
-    timeout 300 $PY -m esc50_lightning.bench.fastpath --device "$DEVICE" "${BENCH_ARGS[@]}" --no-compile \
-      --json "$OUT/fastpath_nocompile.json" >"$OUT/fastpath_nocompile.md" 2>"$OUT/fastpath_nocompile.err" ||
-      note "bench.fastpath --no-compile failed too (exit $?)"
+COMPILE=${COMPILE:-true}
+if [[ " $STEPS " == *" bench "* ]]; then
+  note "bench.fastpath (${BENCH_ARGS[*]}) ..."
+  if timeout $(($(left) < 420 ? $(left) : 420)) $PY -m esc50_lightning.bench.fastpath --device "$DEVICE" "${BENCH_ARGS[@]}" \
+    --json "$OUT/fastpath.json" >"$OUT/fastpath.md" 2>"$OUT/fastpath.err"; then
+    note "bench.fastpath done"
+  else
+    note "bench.fastpath failed (exit $?; fastpath.err); again without torch.compile"
+    COMPILE=false
+    if (($(left) > 240)); then
+      timeout $(($(left) < 300 ? $(left) : 300)) $PY -m esc50_lightning.bench.fastpath --device "$DEVICE" "${BENCH_ARGS[@]}" --no-compile \
+        --json "$OUT/fastpath_nocompile.json" >"$OUT/fastpath_nocompile.md" 2>"$OUT/fastpath_nocompile.err" ||
+        note "bench.fastpath --no-compile failed too (exit $?)"
+    fi
   fi
+  cat "$OUT/fastpath"*.md 2>/dev/null || true
 fi
-cat "$OUT/fastpath"*.md 2>/dev/null || true
+[[ " $STEPS " == *" sweep "* ]] || exit 0
 
 # ---- 3. five folds sharing the GPU from one command --------------------------------------------------
 REMAINING=$(left)
@@ -96,6 +106,10 @@ if ((REMAINING < 150)); then
   exit 0
 fi
 SWEEP_TIMEOUT=$((REMAINING - 30))
+if [[ -z $EPOCHS ]]; then
+  EPOCHS=$((REMAINING >= 400 ? 200 : 100))
+fi
+[[ $DRY == 1 ]] || SWEEP_ARGS+=("trainer.max_epochs=$EPOCHS")
 note "sweep: speed=gpu_fast compile=$COMPILE ${SWEEP_ARGS[*]}, $SWEEP_JOBS jobs, timeout ${SWEEP_TIMEOUT}s ..."
 rm -rf "$ESC50_OUTPUTS"
 START=$SECONDS
