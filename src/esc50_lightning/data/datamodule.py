@@ -221,6 +221,8 @@ class FoldedAudioDataModule(L.LightningDataModule):
         """The cached inputs and the labels of every clip on ``device``, copied there once (on the
         CPU: the mapped cache itself, no copy)."""
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" is the current device, cuda:N
+            device = torch.device("cuda", torch.cuda.current_device())
         if self._resident is None or self._resident[0].device != device:
             dataset = next(iter(self.sets.values()))
             inputs = dataset.inputs.to(device)
