@@ -66,6 +66,9 @@ def test_the_shipped_recipe_composes_the_config_the_shipped_model_trained_with()
     # new in 1.0 and off unless its patience is set
     early = {k: ours.pop(k) for k in [k for k in ours if k.startswith("callbacks.early_stopping.")]}
     assert early["callbacks.early_stopping.patience"] is None
+    # new since 1.0, off by default (the data served from the host, the learning rate as written)
+    assert ours.pop("data.device_resident") is False and ours.pop("optim.lr_scaling") is None
+    assert ours.pop("optim.reference_batch_size") == theirs["data.batch_size"] == 32
     assert theirs["augmentation.spec_augment.freq_mask_width"] == 8
     differ = {
         k: (theirs.get(k), ours.get(k)) for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)

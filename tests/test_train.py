@@ -81,6 +81,7 @@ GROUPS = [
     "logger",
     "paths",
     "experiment",
+    "speed",
 ]
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from esc50_lightning.data.audio import clip_samples
 from esc50_lightning.errors import UserError
@@ -79,7 +80,7 @@ def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None 
     check_input_rows(net, features)
     if hasattr(net, "check_frontend"):  # pretrained weights that need their own frontend (cnn14)
         net.check_frontend(features.logmel)
-    optim = cfg.optim
+    optim = scaled_optim(cfg)
     return AudioClassifier(
         net=net,
         features=features,
@@ -93,6 +94,52 @@ def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None 
         channels_last=cfg.get("channels_last", False),
         compile=cfg.get("compile", False),
         backbone_lr_scale=optim.get("backbone_lr_scale"),
+    )
+
+
+LR_SCALING = ("linear", "sqrt")
+
+
+def lr_scale(cfg: DictConfig) -> float:
+    """The factor ``optim.lr_scaling`` applies to ``optim.optimizer.lr`` for ``data.batch_size``:
+    ``batch / optim.reference_batch_size`` (linear), its square root (sqrt), or 1 (null)."""
+    rule = cfg.optim.get("lr_scaling")
+    if rule is None:
+        return 1.0
+    if rule not in LR_SCALING:
+        raise UserError(f"optim.lr_scaling={rule} must be null, {' or '.join(LR_SCALING)}")
+    reference = cfg.optim.get("reference_batch_size")
+    if not isinstance(reference, int) or isinstance(reference, bool) or reference < 1:
+        raise UserError(
+            f"optim.reference_batch_size={reference} must be the positive batch size optim.optimizer.lr "
+            f"is written for (optim.lr_scaling={rule} scales the rate from it)"
+        )
+    ratio = int(cfg.data.batch_size) / reference
+    return ratio if rule == "linear" else ratio**0.5
+
+
+def scaled_optim(cfg: DictConfig) -> DictConfig:
+    """``cfg.optim`` with ``optimizer.lr`` scaled by ``lr_scale``; schedules that interpolate
+    ``${optim.optimizer.lr}`` (one-cycle's ``max_lr``) read the scaled rate. The config itself,
+    which runs and checkpoints record, keeps the rate as written."""
+    scale = lr_scale(cfg)
+    if scale == 1.0 or cfg.optim.optimizer.get("lr") is None:
+        return cfg.optim
+    scaled = copy.deepcopy(cfg)
+    with open_dict(scaled):
+        scaled.optim.optimizer.lr = float(cfg.optim.optimizer.lr) * scale
+    return scaled.optim
+
+
+def describe_lr_scaling(cfg: DictConfig) -> str | None:
+    """One log line on the scaled learning rate, or None when the rate is used as written."""
+    scale = lr_scale(cfg)
+    if scale == 1.0 or cfg.optim.optimizer.get("lr") is None:
+        return None
+    lr, optim = float(cfg.optim.optimizer.lr), cfg.optim
+    return (
+        f"optim.lr_scaling={optim.lr_scaling}: learning rate {lr:g} x {scale:g} = {lr * scale:g} "
+        f"(data.batch_size={cfg.data.batch_size}, optim.reference_batch_size={optim.reference_batch_size})"
     )
 
 

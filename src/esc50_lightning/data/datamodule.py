@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,60 @@ def _keep_batch(batch: Any) -> Any:
     return batch
 
 
+class DeviceBatches:
+    """One split's batches gathered from a copy of the cache on the training device: no DataLoader,
+    no host round trip per step. Yields ``{"x", "y", "row"}`` as ``ClipSet.__getitems__`` does,
+    already on the device, in the order a ``DataLoader`` with the same ``batch_size``, ``shuffle``
+    and ``drop_last=False`` would draw (the last, shorter batch is kept).
+
+    A shuffled epoch draws its order (a permutation of ``len(rows) * copies`` indices, one copy
+    index per clip per copy, as ``ClipSet`` counts them) from a CPU generator seeded with
+    ``seed + epoch``, so epoch ``k`` has the same order in a resumed run as in an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        rows: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        copies: int = 1,
+        seed: int = 0,
+        epoch: Any = None,
+    ):
+        self.inputs, self.labels = inputs, labels
+        self.rows = rows.to(inputs.device)
+        self.batch_size, self.shuffle, self.copies, self.seed = batch_size, shuffle, copies, seed
+        self._epoch = epoch  # () -> the epoch under way (the trainer's); else count calls of iter()
+        self._iters = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) * self.copies // self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The indices (into ``ClipSet``'s ``len(rows) * copies``) of epoch ``epoch``, in order."""
+        n = len(self.rows) * self.copies
+        if not self.shuffle:
+            return torch.arange(n)
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(n, generator=generator)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        epoch = self._epoch() if self._epoch is not None else self._iters
+        self._iters += 1
+        order = self.order(epoch).to(self.inputs.device)  # one small copy per epoch
+        for start in range(0, len(order), self.batch_size):
+            yield self.gather(order[start : start + self.batch_size])
+
+    def gather(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        rows = self.rows[indices % len(self.rows)]
+        inputs = self.inputs.index_select(0, rows)
+        if inputs.dtype == torch.int16:  # waveform cache
+            inputs = inputs.float() / INT16_SCALE
+        return {"x": inputs, "y": self.labels[rows], "row": rows}
+
+
 class FoldedAudioDataModule(L.LightningDataModule):
     """Train/validation/test splits of a folded dataset, served from the memory-mapped cache.
 
@@ -53,6 +108,10 @@ class FoldedAudioDataModule(L.LightningDataModule):
     ``cache_features`` the deterministic log-mel of every clip is cached too, so batches carry
     log-mels and only normalisation, crop and SpecAugment run per step. Without it batches carry
     waveforms and the whole frontend runs per step on the training device.
+
+    With ``device_resident`` the whole cache is copied once to the training device and batches are
+    gathered there (``DeviceBatches``): no DataLoader, no host-to-device copy per step. One process
+    per device: refused under DDP.
     """
 
     def __init__(
@@ -69,6 +128,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
         frontend: Frontend | None = None,
         limit_per_class: int | None = None,
         download_sha256: str | None = None,
+        device_resident: bool = False,
     ):
         super().__init__()
         self.spec = dataset if isinstance(dataset, DatasetSpec) else DatasetSpec(**dict(dataset))
@@ -87,6 +147,8 @@ class FoldedAudioDataModule(L.LightningDataModule):
         self.frontend = frontend
         self.limit_per_class = limit_per_class
         self.download_sha256 = download_sha256
+        self.device_resident = device_resident
+        self._resident: tuple[torch.Tensor, torch.Tensor] | None = None
         self.store = ClipStore(self.spec, self.cache_root / self.spec.name, frontend)
         if cache_features and frontend is None:
             raise UserError("data.cache_features=true needs the log-mel frontend (features.logmel)")
@@ -155,9 +217,60 @@ class FoldedAudioDataModule(L.LightningDataModule):
             self.sets[name] = ClipSet(inputs, labels, rows, copies)
 
     # ---- loaders --------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def resident_arrays(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached inputs and the labels of every clip on ``device``, copied there once (on the
+        CPU: the mapped cache itself, no copy)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" is the current device, cuda:N
+            device = torch.device("cuda", torch.cuda.current_device())
+        if self._resident is None or self._resident[0].device != device:
+            dataset = next(iter(self.sets.values()))
+            inputs = dataset.inputs.to(device)
+            self._resident = (inputs, dataset.labels.to(device))
+            kind = "waveforms" if inputs.dtype == torch.int16 else "log-mels"
+            held = "copied to" if device.type != "cpu" else "mapped from the cache file on"
+            gb = inputs.numel() * inputs.element_size() / 1e9
+            log.info(
+                "data.device_resident: %.2f GB of cached %s (%d clips) %s %s",
+                gb,
+                kind,
+                len(inputs),
+                held,
+                device,
+            )
+        return self._resident
+
+    def device_loader(
+        self, split: str, device: torch.device | str, shuffle: bool | None = None
+    ) -> DeviceBatches:
+        """``split``'s batches gathered on ``device`` (``data.device_resident``); ``shuffle``
+        defaults to training order for ``train`` and file order for the others."""
+        dataset = self.sets[split]
+        shuffle = split == "train" if shuffle is None else shuffle
+        inputs, labels = self.resident_arrays(device)
+        trainer = self.trainer
+        return DeviceBatches(
+            inputs,
+            labels,
+            dataset.rows,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            copies=dataset.copies,
+            seed=torch.initial_seed() % 2**62,  # the run's seed after seed_everything
+            epoch=(lambda: trainer.current_epoch) if trainer is not None else None,
+        )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader | DeviceBatches:
         dataset = self.sets[split]
         distributed = self.trainer is not None and self.trainer.world_size > 1
+        if self.device_resident:
+            if distributed:
+                raise UserError(
+                    "data.device_resident=true runs one process per device and is refused under DDP "
+                    f"(world size {self.trainer.world_size}): set data.device_resident=false"
+                )
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            return self.device_loader(split, device, shuffle)
         sampler = None
         if distributed and not shuffle:  # no padding duplicates: metrics see every clip exactly once
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
@@ -173,11 +286,11 @@ class FoldedAudioDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("test", shuffle=False)

@@ -48,9 +48,25 @@ def check_train_config(cfg: DictConfig) -> None:
         with open_dict(cfg):
             cfg.trainer.sync_batchnorm = False
     use_native_precision(cfg, on_cpu)
+    check_device_resident(cfg)
     check_loggers(cfg)
     check_early_stopping(cfg)
     check_search(cfg)
+
+
+def check_device_resident(cfg: DictConfig) -> None:
+    """data.device_resident holds the data on one device for one process: refused under DDP."""
+    if not cfg.data.get("device_resident"):
+        return
+    strategy = str(cfg.trainer.get("strategy") or "")
+    devices = cfg.trainer.get("devices")
+    if strategy.startswith("ddp") or (isinstance(devices, int) and devices > 1):
+        shown = strategy or "auto"
+        raise UserError(
+            f"data.device_resident=true serves one process on one device, not trainer.strategy={shown} "
+            f"trainer.devices={devices}: set data.device_resident=false (many runs on one GPU: "
+            "hydra/launcher=shared_gpu)"
+        )
 
 
 def check_search(cfg: DictConfig) -> None:

@@ -40,6 +40,7 @@ def eval_data_config(trained: dict[str, Any], cfg: DictConfig, fold: int) -> Dic
         data.limit_per_class = cfg.data.limit_per_class
         data.eval_batch_size = cfg.data.eval_batch_size
         data.num_workers = cfg.data.num_workers
+        data.device_resident = bool(cfg.data.get("device_resident", False))
     return data
 
 

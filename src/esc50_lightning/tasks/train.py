@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
@@ -17,11 +18,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from esc50_lightning.checkpoints.io import AtomicCheckpointIO
 from esc50_lightning.errors import UserError
-from esc50_lightning.factory import build_logmel, build_module
+from esc50_lightning.factory import build_logmel, build_module, describe_lr_scaling
 from esc50_lightning.tasks.checks import check_train_config, early_stopping_on
 from esc50_lightning.tasks.results import print_summary, run_metrics, save_metrics, write_predictions
 from esc50_lightning.tasks.resume import continue_log_in, record_resume, resolve_resume
 from esc50_lightning.training.display import quiet_lightning
+from esc50_lightning.training.gpu_share import mps_daemon_status
 from esc50_lightning.training.time_budget import check_time_budget
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,17 @@ def log_config(loggers: list[Any], config: dict[str, Any]) -> None:
             logger.log_hyperparams(params)
 
 
+def log_gpu_sharing(cfg: DictConfig) -> None:
+    """In a sweep on a GPU (hydra/launcher=shared_gpu), say whether an MPS daemon shares it."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    accelerator = cfg.trainer.get("accelerator")
+    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if on_cuda and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.info(mps_daemon_status())
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_lightning()
     check_train_config(cfg)
@@ -116,6 +129,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run_dir,
     )
     module = build_module(cfg, class_names, logmel)
+    scaling = describe_lr_scaling(cfg)
+    if scaling:
+        log.info(scaling)
+    log_gpu_sharing(cfg)
     module.run_info = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "data": datamodule.describe(),

@@ -1,0 +1,356 @@
+"""Today's training path against the fast path (``speed=gpu_fast``), side by side in one run.
+
+``python -m esc50_lightning.bench.fastpath`` trains each model (default cnn8 and vgg8) for a few
+steps both ways and prints one Markdown table:
+
+- **today**: the DataLoader over the mapped cache, batch 32, copied to the device per step, fp32;
+- **resident**: today's batch and precision, the batches gathered from the cache on the device
+  (``data.device_resident`` alone: what the data path is worth);
+- **fast**: the cache resident on the device (``data.device_resident``), batches gathered there,
+  batch 256, bf16 autocast (fp32 on a CPU without bf16 instructions), channels_last, and
+  ``torch.compile`` on a GPU (``--compile``/``--no-compile``).
+
+Both run the same frontend (``AudioClassifier.on_after_batch_transfer``: crop, SpecAugment) and
+the same forward, loss, backward and Adam update, without Lightning's per-step hooks (whose
+cost ``python -m esc50_lightning.bench.loop`` measures). Per row: samples/s, the time of one
+training epoch (measured on a GPU, after a warm-up epoch that also compiles; derived from
+samples/s on a CPU), FLOPs per sample (``FlopCounterMode`` on one eager step) and the achieved
+TFLOP/s against the GPU's bf16 dense peak (a table by device name, or ``--peak-tflops``), the
+GPU's busy share (kernel time over wall time under ``torch.profiler``, GPU only) and the data
+share (gathering + frontend alone, over the time of whole steps). Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.flop_counter import FlopCounterMode
+
+from esc50_lightning.bench.pipeline import machine_info, sync
+from esc50_lightning.conf import CONF_DIR
+from esc50_lightning.errors import UserError, run_guarded
+from esc50_lightning.factory import build_logmel, build_module
+from esc50_lightning.training.precision import cpu_has_native_bf16
+
+MODELS = ("cnn8", "vgg8")
+# bf16 dense tensor-core peak, TFLOP/s, by a substring of torch.cuda.get_device_name (first match).
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+)
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    """The device's bf16 dense peak: ``override``, else the table's; None on a CPU or unknown GPU."""
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
+
+
+# ---- the two paths --------------------------------------------------------------------------------
+PATHS = ("today", "resident", "fast")
+
+
+def path_config(args: argparse.Namespace, model: str, fast: bool) -> DictConfig:
+    overrides = [
+        f"data.dataset.root={args.root}",
+        f"model={model}",
+        f"data.batch_size={args.fast_batch_size if fast else args.batch_size}",
+        "data.num_workers=0",
+    ]
+    if args.cache_dir:
+        overrides.append(f"data.cache_dir={args.cache_dir}")
+    if args.limit_per_class:
+        overrides.append(f"data.limit_per_class={args.limit_per_class}")
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def fast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where it runs natively (GPUs, CPUs with bf16 instructions); else None (fp32)."""
+    if device.type == "cpu" and cpu_has_native_bf16() is False:
+        return None
+    return torch.bfloat16
+
+
+class TrainPath:
+    """One way of training: its batches, its module and its train step."""
+
+    def __init__(self, args: argparse.Namespace, model: str, kind: str, device: torch.device, dm: Any):
+        fast = kind == "fast"
+        self.fast, self.resident, self.device = fast, kind != "today", device
+        cfg = path_config(args, model, fast)
+        cfg.channels_last = fast
+        self.batch_size = int(cfg.data.batch_size)
+        self.dtype = fast_dtype(device) if fast else None
+        wanted = args.compile if args.compile is not None else device.type == "cuda"
+        self.compile = fast and wanted
+        self.module = build_module(cfg, dm.class_names, build_logmel(cfg)).to(device).train()
+        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=3e-4)
+        self.dm = dm
+        dm.batch_size = self.batch_size
+        self._batches = self._cycle()
+
+    @property
+    def precision(self) -> str:
+        parts = ["bf16" if self.dtype == torch.bfloat16 else "fp32"]
+        parts += ["channels_last", "compile"] if self.fast and self.compile else ["channels_last"] * self.fast
+        return "+".join(parts)
+
+    def loader(self) -> Any:
+        if self.resident:
+            return self.dm.device_loader("train", self.device)
+        return self.dm.train_dataloader()
+
+    def _cycle(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            yield from self.loader()
+
+    def data(self, batch: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """The next batch on the device through the frontend (what Lightning does before a step)."""
+        batch = next(self._batches) if batch is None else batch
+        if not self.resident:  # pinned host memory on a GPU host, copied without blocking
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        with torch.no_grad():
+            return self.module.on_after_batch_transfer(batch, 0)
+
+    def step(self, batch: dict[str, Any]) -> int:
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+        with autocast:
+            loss = self.module.training_step(batch, 0)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return int(batch["y"].shape[0])
+
+    def flops_per_sample(self) -> float:
+        """FLOPs of one eager train step (forward + backward) per sample; before compiling."""
+        batch = self.data()
+        with FlopCounterMode(display=False) as counter:
+            self.step(batch)
+        return counter.get_total_flops() / batch["y"].shape[0]
+
+    def compile_now(self) -> None:
+        if self.compile:
+            self.module.compile = True
+            self.module.configure_model()
+
+
+def _timed(fn: Callable[[], int], device: torch.device) -> tuple[float, int]:
+    sync(device)
+    start = time.perf_counter()
+    n = fn()
+    sync(device)
+    return time.perf_counter() - start, n
+
+
+def busy_share(path: TrainPath, steps: int) -> float | None:
+    """Share of wall time the GPU runs kernels (merged kernel intervals) over ``steps`` steps."""
+    if path.device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            wall, _ = _timed(lambda: sum(path.step(path.data()) for _ in range(steps)), path.device)
+        spans = sorted(
+            (e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA
+        )
+        busy, end = 0.0, float("-inf")
+        for start, stop in spans:  # union: kernels on several streams may overlap
+            if stop > end:
+                busy += stop - max(start, end)
+                end = stop
+        return min(1.0, busy / 1e6 / wall) if spans else None
+    except Exception as err:  # a profiler problem must not lose the other figures
+        print(f"busy share not measured: {err}", file=sys.stderr)
+        return None
+
+
+def measure(path: TrainPath, args: argparse.Namespace, train_clips: int) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "batch": path.batch_size,
+        "precision": path.precision,
+        "flops_per_sample": path.flops_per_sample(),
+    }
+    path.compile_now()
+    device = path.device
+    measure_epoch = args.epoch if args.epoch is not None else device.type == "cuda"
+    if measure_epoch:  # a warm-up epoch compiles every batch shape (the last batch is shorter)
+        for batch in path.loader():
+            path.step(path.data(batch))
+        epoch_s, _ = _timed(lambda: sum(path.step(path.data(b)) for b in path.loader()), device)
+    for _ in range(args.warmup):
+        path.step(path.data())
+    rates, data_s, step_s = [], [], []
+    for _ in range(args.repeats):
+        seconds, n = _timed(lambda: sum(path.step(path.data()) for _ in range(args.steps)), device)
+        rates.append(n / seconds)
+        step_s.append(seconds / args.steps)
+        seconds, _ = _timed(lambda: sum(len(path.data()["y"]) for _ in range(args.steps)), device)
+        data_s.append(seconds / args.steps)
+    result["samples_per_s"] = statistics.median(rates)
+    result["data_share"] = min(1.0, statistics.median(data_s) / statistics.median(step_s))
+    result["epoch_s"] = epoch_s if measure_epoch else train_clips / result["samples_per_s"]
+    result["epoch_measured"] = measure_epoch
+    result["busy_share"] = busy_share(path, args.steps)
+    return result
+
+
+# ---- report ---------------------------------------------------------------------------------------
+def render(results: dict[str, Any]) -> str:
+    m, peak = results["machine"], results["peak_tflops"]
+    lines = [
+        "## Today's path against the fast path (speed=gpu_fast)",
+        "",
+        f"- device {m['device']}; GPU: {m['gpu'] or 'none'}; CPU: {m['cpu']}, {m['cores']} cores, "
+        f"{m['torch_threads']} torch threads; torch {m['torch']}",
+        f"- {results['clips']} clips, {results['train_clips']} in a training epoch; {results['steps']} timed "
+        f"steps per figure, median of {results['repeats']}; load average {m['load_average_start']} at start, "
+        f"{m['load_average_end']} at end",
+        f"- peak: {f'{peak:g} TFLOP/s bf16 dense' if peak else 'n/a'}",
+        "- paths: today = DataLoader, host-to-device copy per step; resident = data.device_resident, "
+        "today's batch and precision; fast = speed=gpu_fast (resident, large batch, bf16 where native, "
+        "channels_last, compile on a GPU)",
+        "",
+        "| model | path | batch | precision | samples/s | × today | epoch s | GFLOP/sample | TFLOP/s "
+        "| % of peak | GPU busy | data share |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, paths in results["models"].items():
+        today = paths["today"]["samples_per_s"]
+        for name, r in paths.items():
+            tflops = r["flops_per_sample"] * r["samples_per_s"] / 1e12
+            epoch = f"{r['epoch_s']:.2f}" + ("" if r["epoch_measured"] else " (derived)")
+            busy = "n/a" if r["busy_share"] is None else f"{100 * r['busy_share']:.1f} %"
+            lines.append(
+                f"| {model} | {name} | {r['batch']} | {r['precision']} | {r['samples_per_s']:,.1f} "
+                f"| {r['samples_per_s'] / today:.2f}× | {epoch} | {r['flops_per_sample'] / 1e9:.2f} "
+                f"| {tflops:.3f} | {f'{100 * tflops / peak:.2f} %' if peak else 'n/a'} | {busy} "
+                f"| {100 * r['data_share']:.1f} % |"
+            )
+    lines += [
+        "",
+        "samples/s: whole train steps (next batch, frontend, forward, loss, backward, Adam). Epoch: one pass "
+        "over the training clips (derived = clips / samples/s). TFLOP/s: FLOPs of one eager step "
+        "(FlopCounterMode) × steps/s. GPU busy: kernel time / wall time under torch.profiler. Data share: "
+        "the batch and frontend alone / a whole step.",
+    ]
+    if results.get("resident_gb") is not None:
+        lines.append(f"Device-resident data: {results['resident_gb']:.2f} GB on {m['device']}.")
+    return "\n".join(lines)
+
+
+# ---- main -----------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from esc50_lightning.bench.pipeline import bench_device
+
+    device = bench_device(args)
+    models = args.models.split(",")
+    results: dict[str, Any] = {"machine": machine_info(device), "steps": args.steps, "repeats": args.repeats}
+    results["peak_tflops"] = peak_tflops(device, args.peak_tflops)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    cfg = path_config(args, models[0], fast=False)
+    dm = instantiate(cfg.data, frontend=build_logmel(cfg))
+    dm.prepare_data()
+    dm.setup("fit")
+    results["clips"], results["train_clips"] = len(dm.table), len(dm.sets["train"])
+    results["models"] = {}
+    for model in models:
+        results["models"][model] = {}
+        for name in PATHS:
+            log(f"{model}: {name} path ...")
+            torch.manual_seed(0)
+            path = TrainPath(args, model, name, device, dm)
+            results["models"][model][name] = measure(path, args, results["train_clips"])
+            del path
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    inputs = dm.resident_arrays(device)[0]
+    results["resident_gb"] = inputs.numel() * inputs.element_size() / 1e9
+    results["machine"]["load_average_end"] = round(os.getloadavg()[0], 2)
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m esc50_lightning.bench.fastpath",
+        description="Today's training path against speed=gpu_fast's, side by side, on the real ESC-50 clips.",
+    )
+    parser.add_argument("--root", default=os.environ.get("ESC50_ROOT"), help="ESC-50 folder ($ESC50_ROOT)")
+    parser.add_argument("--cache-dir", help="data cache (default: the configured one, $ESC50_CACHE)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: cnn8,vgg8)")
+    parser.add_argument("--batch-size", type=int, default=32, help="today's batch (default 32)")
+    parser.add_argument(
+        "--fast-batch-size", type=int, default=256, help="the fast path's batch (default 256)"
+    )
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per figure (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="figures per row, the median kept (default 3)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the fast path (default: on a GPU only)",
+    )
+    parser.add_argument(
+        "--epoch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time a whole training epoch after a warm-up one (default: on a GPU only; else derived)",
+    )
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s (default: by GPU name)")
+    parser.add_argument("--limit-per-class", type=int, help="clips per class and fold (smoke tests)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--json", help="also write the raw figures to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+
+    def go() -> None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if not args.root or not (Path(args.root) / "meta" / "esc50.csv").is_file():
+            raise UserError(f"--root {args.root}: no meta/esc50.csv there; set ESC50_ROOT or --root")
+        for name in args.models.split(","):
+            if not (CONF_DIR / "model" / f"{name}.yaml").is_file() or name == "cnn14":
+                raise UserError(f"--models: unknown model {name!r}; choose from cnn4, cnn8, vgg8, resnet18")
+        if min(args.steps, args.repeats, args.batch_size, args.fast_batch_size) < 1 or args.warmup < 0:
+            raise UserError("--steps, --repeats and the batch sizes must be positive, --warmup 0 or more")
+        results = run(args)
+        print(render(results), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+    run_guarded(go)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Smoke test of ``python -m esc50_lightning.bench.fastpath`` (in-process, tiny settings): the table
+has a row per model and path with numbers in every measured cell. Timings are never asserted."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from esc50_lightning.bench import fastpath
+
+
+def test_fastpath_bench_prints_a_row_per_model_and_path(
+    esc50_root: Path, cache_dir: Path, tmp_path, capsys
+) -> None:
+    out = tmp_path / "fastpath.json"
+    args = [
+        "--root",
+        str(esc50_root),
+        "--cache-dir",
+        str(cache_dir),
+        "--models",
+        "cnn4",
+        "--limit-per-class",
+        "1",
+    ]
+    args += ["--steps", "1", "--warmup", "0", "--repeats", "1", "--batch-size", "4", "--fast-batch-size", "8"]
+    fastpath.main([*args, "--threads", "1", "--device", "cpu", "--quiet", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "## Today's path against the fast path" in text and "- peak: n/a" in text
+    number = re.compile(r"^[\d,]+\.\d+(×| %)?$")
+    for path, batch in (("today", "4"), ("resident", "4"), ("fast", "8")):
+        (line,) = [ln for ln in text.splitlines() if ln.startswith(f"| cnn4 | {path} |")]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == batch
+        assert all(number.match(c) for c in [cells[4], cells[5], cells[7], cells[8], cells[11]]), cells
+        assert cells[6].endswith("(derived)") and cells[9] == cells[10] == "n/a"  # CPU: no peak, no profiler
+    raw = json.loads(out.read_text())
+    assert raw["train_clips"] == 200 and set(raw["models"]["cnn4"]) == {"today", "resident", "fast"}
+    assert (
+        raw["models"]["cnn4"]["today"]["flops_per_sample"]
+        == raw["models"]["cnn4"]["fast"]["flops_per_sample"]
+        > 0
+    )
