@@ -148,3 +148,27 @@ def test_hparams_search_parallel_trials_over_two_folds(run_train, tmp_path):
     assert "(2 at once, folds 2,3)" in proc.stdout + proc.stderr
     recipe = (sweep / "best.yaml").read_text()
     assert "holdout, the mean over validation folds 1, 2" in recipe
+
+
+def test_every_search_space_names_keys_the_config_has():
+    """Each space in conf/hparams_search searches keys that exist in the composed config (a typo
+    would train every trial with the default), and each categorical group choice composes."""
+    from helpers import compose_config
+    from omegaconf import OmegaConf
+
+    from esc50_lightning.conf import CONF_DIR
+
+    spaces = sorted(p.stem for p in (Path(CONF_DIR) / "hparams_search").glob("*.yaml"))
+    assert {"lr_wd", "recipe", "augment"} <= set(spaces)
+    for space in spaces:
+        cfg = compose_config("data.protocol=holdout", f"hparams_search={space}", hydra=True)
+        groups = set(cfg.hydra.runtime.choices)
+        for key, spec in cfg.hparams_search.params.items():
+            if key in groups:
+                assert spec.type == "categorical", (space, key)
+                for choice in spec.choices:
+                    assert compose_config(f"{key}={choice}")[key], (space, key, choice)
+            else:
+                value = OmegaConf.select(cfg, key, default="<missing>")
+                assert value != "<missing>", f"hparams_search={space}: {key} is not a config key"
+                assert spec.type in ("float", "int") and spec.low < spec.high, (space, key)
