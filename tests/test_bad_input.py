@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import command_env, hydra_args, make_subset, run_command, run_dirs, snapshot
+from helpers import command_env, hydra_args, make_subset, run_command, run_dirs, run_warm, snapshot
 
 from esc50_lightning.data import FoldedAudioDataModule
 from esc50_lightning.data.table import DatasetSpec
@@ -166,7 +166,7 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
     ],
 )
 def test_config_mistakes(esc50_root: Path, tmp_path: Path, overrides: list[str], message: str) -> None:
-    proc = run_command(hydra_args("train.py", *overrides), env=command_env(esc50_root, tmp_path))
+    proc = run_warm(hydra_args("train.py", *overrides), env=command_env(esc50_root, tmp_path))
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -176,7 +176,7 @@ def test_config_mistakes(esc50_root: Path, tmp_path: Path, overrides: list[str],
 
 def test_full_error_shows_the_traceback(esc50_root: Path, tmp_path: Path) -> None:
     env = command_env(esc50_root, tmp_path, HYDRA_FULL_ERROR="1")
-    proc = run_command(hydra_args("train.py", "trainer.max_epochs=-1"), env=env)
+    proc = run_warm(hydra_args("train.py", "trainer.max_epochs=-1"), env=env)
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "UserError: trainer.max_epochs=-1 must be 0 or more" in proc.stderr
 

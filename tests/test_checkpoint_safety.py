@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, command_env, run_command, run_dirs
+from helpers import REPO, command_env, run_command, run_dirs, run_warm
 
 from esc50_lightning.checkpoints.record import load_classifier
 from esc50_lightning.pack import ensemble_checkpoint, slim_checkpoint
@@ -55,7 +55,7 @@ def test_a_hostile_checkpoint_runs_no_code_in_any_command(command, hostile, esc5
     out = tmp_path / "out"
     clip = next((esc50_root / "audio").glob("1-*.wav"))
     env = command_env(esc50_root, tmp_path, cache=cache_dir)
-    proc = run_command(_commands(path, clip, out)[command], env=env)
+    proc = run_warm(_commands(path, clip, out)[command], env=env)
     assert not marker.exists(), "the checkpoint's payload ran"
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -109,7 +109,7 @@ def test_a_malformed_checkpoint_through_predict_is_one_line_and_exit_2(esc50_roo
     path, expected = _malformed(tmp_path)["weights of the wrong shape"]
     clip = next((esc50_root / "audio").glob("1-*.wav"))
     env = command_env(esc50_root, tmp_path, cache=cache_dir)
-    proc = run_command(["-m", "esc50_lightning.predict", "--ckpt", str(path), str(clip)], env=env)
+    proc = run_warm(["-m", "esc50_lightning.predict", "--ckpt", str(path), str(clip)], env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: {path}: {proc.stderr.split(f'{path}: ', 1)[1].strip()}"

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from helpers import command_env, run_command, run_dirs
+from helpers import command_env, run_command, run_dirs, run_warm
 
 from esc50_lightning import pack, predict
 from esc50_lightning.checkpoints.record import load_classifier
@@ -66,7 +66,7 @@ def test_eval_scores_the_checkpoint_like_its_final_epoch(trained: dict, tmp_path
 def test_eval_refuses_a_training_fold_unless_told(trained: dict, tmp_path: Path) -> None:
     overrides = [f"ckpt_path={trained['ckpt']}", "data.fold=3", "data.limit_per_class=1"]
     env = {**trained["env"], "ESC50_OUTPUTS": str(tmp_path)}
-    refused = run_command(["eval.py", *overrides], env=env)
+    refused = run_warm(["eval.py", *overrides], env=env)
     assert refused.returncode == 2
     assert "Traceback" not in refused.stderr
     assert "data.fold=3 is a fold this checkpoint was trained on" in refused.stderr

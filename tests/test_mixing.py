@@ -89,7 +89,7 @@ def test_logmel_mixup_interpolates_the_network_inputs(waves):
 
 
 def test_unknown_mixup_mode_is_one_line_and_no_run_folder(run_train, tmp_path):
-    proc = run_train("augmentation=mixup", "augmentation.mixup_mode=waveform", check=False)
+    proc = run_train("augmentation=mixup", "augmentation.mixup_mode=waveform", check=False, warm=True)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "error: augmentation.mixup_mode=waveform must be one of logmel, between_class" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

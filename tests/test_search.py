@@ -17,7 +17,7 @@ SMALL = ["model=cnn4", "data.batch_size=8", "data.eval_batch_size=8"]
 
 
 def test_hparams_search_refused_under_cv(run_train, tmp_path):
-    proc = run_train("hparams_search=lr_wd", check=False)
+    proc = run_train("hparams_search=lr_wd", check=False, warm=True)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "error: hparams_search=lr_wd needs data.protocol=holdout: under cv the validation fold is the "
@@ -26,7 +26,7 @@ def test_hparams_search_refused_under_cv(run_train, tmp_path):
     assert run_dirs(tmp_path / "outputs") == []
 
     proc = run_train(
-        "data.protocol=holdout", "hparams_search=lr_wd", "hparams_search.folds=[2,9]", check=False
+        "data.protocol=holdout", "hparams_search=lr_wd", "hparams_search.folds=[2,9]", check=False, warm=True
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -114,9 +114,8 @@ def test_hparams_search_killed_then_resumed(run_train, esc50_root, cache_dir, tm
     assert len(rows) == 5 and rows[0].startswith("trial,state,value,fold2,")
 
     # Continued with other folds, the objective would change meaning: refused in one line.
-    proc = run_train(
-        *common, "hparams_search.folds=[2,3]", f"hparams_search.dir={sweep}", tiny=False, check=False
-    )
+    again = [*common, "hparams_search.folds=[2,3]", f"hparams_search.dir={sweep}"]
+    proc = run_train(*again, tiny=False, check=False, warm=True)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
         "error: hparams_search.folds [2, 3] differ from the search's in"
     ), proc.stderr

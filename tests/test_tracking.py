@@ -48,7 +48,9 @@ def test_debug_limit_two_short_epochs(run_train, tmp_path):
 
 
 def test_debug_overfit_reaches_full_train_accuracy(run_train, tmp_path):
-    run_train("debug=overfit", *SMALL, "trainer.max_epochs=60")
+    # Two batches of 4 clips: memorised in about 8 epochs of about 0.6 s on a CPU.
+    batches_of_4 = ["model=cnn4", "data.batch_size=4", "data.eval_batch_size=4"]
+    run_train("debug=overfit", *batches_of_4, "trainer.max_epochs=60")
     run = _debug_run(tmp_path)
     epochs = _epochs(run)
     assert epochs, "no epoch lines"
@@ -177,7 +179,7 @@ def test_logger_missing_tracker_is_one_line(run_train, tmp_path):
 
 # ---- early stopping -------------------------------------------------------------------------------
 def test_early_stopping_refused_under_cv(run_train, tmp_path):
-    proc = run_train("callbacks.early_stopping.patience=2", check=False)
+    proc = run_train("callbacks.early_stopping.patience=2", check=False, warm=True)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, lines
@@ -216,7 +218,7 @@ def test_trainer_mps_refused_without_apple_gpu(run_train, tmp_path):
         (["trainer=mps", "trainer.accelerator=mps"], "trainer=mps"),
         (["trainer.accelerator=mps"], "trainer.accelerator=mps"),
     ):
-        proc = run_train("debug=fast", *overrides, check=False)
+        proc = run_train("debug=fast", *overrides, check=False, warm=True)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stderr.strip().splitlines() == [f"error: {name}: no Apple GPU (MPS) on this machine"]
     assert run_dirs(tmp_path / "outputs") == []

@@ -1,9 +1,11 @@
 """Shared test code. Fixtures live in ``tests/conftest.py`` and call these; test files import from here.
 
 Commands (:mod:`helpers.commands`): ``run_command`` runs ``python <args>`` in the repository and
-waits, ``start_command`` starts one in the background, ``hydra_args`` puts ``-m`` first and the
-tiny-run setting ``TINY`` (``debug=tiny``) before a command's overrides, ``command_env`` gives the
-``ESC50_ROOT``/``ESC50_CACHE``/``ESC50_OUTPUTS`` environment, ``run_dirs`` finds the run folders.
+waits (``run_warm``, :mod:`helpers.warm`: the same in a fork of a process that imported torch
+once, for commands that stop early), ``start_command`` starts one in the background,
+``hydra_args`` puts ``-m`` first and the tiny-run setting ``TINY`` (``debug=tiny``) before a
+command's overrides, ``command_env`` gives the ``ESC50_ROOT``/``ESC50_CACHE``/``ESC50_OUTPUTS``
+environment, ``run_dirs`` finds the run folders.
 Config: ``compose_config``. Clips: ``load_clips``. Datasets: ``make_subset``, ``snapshot``,
 ``make_us8k_like``, ``us8k_overrides``. Shared builds: ``session_dir``, ``build_once``, ``train_once``.
 """
@@ -15,6 +17,7 @@ from helpers.datasets import make_subset, snapshot
 from helpers.runs import TrainedRun, train_once
 from helpers.shared import build_once, session_dir
 from helpers.us8k_like import make_us8k_like, us8k_overrides
+from helpers.warm import run_warm
 
 __all__ = [
     "REPO",
@@ -30,6 +33,7 @@ __all__ = [
     "make_us8k_like",
     "run_command",
     "run_dirs",
+    "run_warm",
     "session_dir",
     "snapshot",
     "start_command",

@@ -1,0 +1,97 @@
+"""The server of :mod:`helpers.warm`: imports the heavy libraries once, then for each request (a
+JSON line on stdin) forks a child that runs the command as ``python <argv>`` would, and answers
+with its exit status (a JSON line on stdout). The child's output goes to the files the request
+names."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import runpy
+import signal
+import sys
+import time
+import traceback
+
+# What every command of the project imports first: ~5 s a command, paid here once.
+import hydra  # noqa: F401
+import lightning  # noqa: F401
+import torch  # noqa: F401
+import torchaudio  # noqa: F401
+import torchmetrics  # noqa: F401
+from omegaconf import OmegaConf  # noqa: F401
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _child(request: dict) -> None:
+    """In the fork: become the command, run it, exit with its status (never returns)."""
+    code = 1
+    try:
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(request["cwd"])
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            target = os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(target, fd)
+            os.close(target)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        argv = request["argv"]
+        try:
+            if argv[0] == "-m":
+                sys.argv = [argv[1], *argv[2:]]
+                sys.path[0] = request["cwd"]
+                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+            elif argv[0] == "-c":
+                sys.argv = ["-c", *argv[2:]]
+                sys.path[0] = ""
+                exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+            else:
+                script = os.path.abspath(argv[0])
+                sys.argv = [argv[0], *argv[1:]]
+                sys.path[0] = os.path.dirname(script)
+                runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+def main() -> None:
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _child(request)
+        deadline = time.monotonic() + float(request.get("timeout", 300))
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+                break
+            time.sleep(0.02)
+        code = os.waitstatus_to_exitcode(status)
+        print(json.dumps({"returncode": code}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
