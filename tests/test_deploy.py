@@ -161,7 +161,7 @@ def test_ensemble_refuses_members_trained_on_other_folds(trained: dict, tmp_path
     splits = {"train": [1, 3, 4, 5], "val": [2], "test": [2]}
     other = _perturbed_copy(first, tmp_path / "fold2.ckpt", fold=2, splits=splits)
     ensemble = tmp_path / "ensemble.ckpt"
-    proc = run_command(["-m", "esc50_lightning.pack", first, other, ensemble], env=trained["env"])
+    proc = run_warm(["-m", "esc50_lightning.pack", first, other, ensemble], env=trained["env"])
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{other}: data fold 2 differs" in proc.stderr
