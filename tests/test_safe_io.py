@@ -308,3 +308,25 @@ def test_a_failed_export_leaves_no_file_behind(
     assert [p.name for p in out.iterdir()] == ["esc50_fold1.json"]  # no model, no temporary file
     assert (out / "esc50_fold1.json").read_text() == "an earlier export's record\n"
     _assert_package_untouched()
+
+
+def test_a_forced_export_whose_onnx_fails_leaves_no_earlier_onnx(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--force over an earlier export: when ONNX fails this time, the earlier .onnx (of another
+    training of that checkpoint name) is removed, not left beside the new TorchScript model."""
+    out = tmp_path / "exports"
+    out.mkdir()
+    (out / "esc50_fold1.onnx").write_bytes(b"an earlier export's model")
+
+    def exporter_fails(*args, **kwargs):
+        raise RuntimeError("operator not supported")
+
+    monkeypatch.setattr(export.torch.onnx, "export", exporter_fails)
+    code, stdout, err = _call(export.main, ["--ckpt", str(SHIPPED), "--out", str(out), "--force"], capsys)
+    assert code == 0, err
+    assert "ONNX skipped: dynamo exporter: RuntimeError: operator not supported" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["esc50_fold1.json", "esc50_fold1.torchscript.pt"]
+    assert json.loads((out / "esc50_fold1.json").read_text())["files"] == {
+        "torchscript": "esc50_fold1.torchscript.pt"
+    }

@@ -174,11 +174,13 @@ def staged(targets: dict[str, Path]) -> Iterator[dict[str, Path]]:
             temps[key] = Path(name)
         yield temps
         for key, temp in temps.items():
-            if temp.exists():  # a failed ONNX export removes its file
+            if temp.exists():
                 with open(temp, "rb") as handle:
                     os.fsync(handle.fileno())
                 os.chmod(temp, 0o644)  # mkstemp creates 0600; exported models are meant to be shared
                 os.replace(temp, targets[key])
+            else:  # a failed ONNX export removes its file: no earlier export's model stays beside
+                targets[key].unlink(missing_ok=True)
     finally:
         for temp in temps.values():
             temp.unlink(missing_ok=True)
