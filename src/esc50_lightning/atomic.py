@@ -31,3 +31,9 @@ def atomic_file(path: str | Path, mode: str = "wb", suffix: str = ".tmp") -> Ite
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` (text or bytes) to ``path`` whole or not at all (see ``atomic_file``)."""
+    with atomic_file(path, "w" if isinstance(data, str) else "wb") as handle:
+        handle.write(data)

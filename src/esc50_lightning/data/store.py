@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from esc50_lightning.atomic import atomic_file
+from esc50_lightning.atomic import atomic_file, atomic_write
 from esc50_lightning.data.audio import AudioReadError, fit_length, read_mono
 from esc50_lightning.data.table import DatasetSpec, FoldedTable
 from esc50_lightning.errors import DataError, UserError
@@ -63,11 +63,6 @@ def chunk_checksums(path: Path, chunk: int = CHECKSUM_CHUNK) -> list[int]:
             return list(pool.map(crc, offsets))
     finally:
         os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_file(path) as handle:
-        handle.write(data)
 
 
 class ArrayCache:
@@ -135,7 +130,7 @@ class ArrayCache:
     def _write_marker(self, meta: dict[str, Any]) -> None:
         crcs = chunk_checksums(self.array_path)
         meta = {**meta, "checksum": {"algo": "crc32", "chunk": CHECKSUM_CHUNK, "crcs": crcs}}
-        _atomic_write_bytes(self.marker_path, json.dumps(meta).encode())
+        atomic_write(self.marker_path, json.dumps(meta).encode())
 
     def get_or_build(self, build: Callable[[], np.ndarray], verify: bool = True) -> tuple[np.ndarray, bool]:
         """Return ``(array, built)``; at most one process builds, the others wait and read.

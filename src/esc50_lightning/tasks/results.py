@@ -13,13 +13,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from esc50_lightning.atomic import atomic_file
+from esc50_lightning.atomic import atomic_write
 from esc50_lightning.training.metrics import METRIC_NAMES
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_file(path, "w") as handle:
-        handle.write(text)
 
 
 def run_metrics(
@@ -88,7 +83,7 @@ def write_predictions(
         }
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, frame.to_csv(index=False))
+    atomic_write(path, frame.to_csv(index=False))
 
 
 def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
@@ -146,4 +141,4 @@ def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | Non
 
 
 def save_metrics(path: Path, metrics: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(metrics, indent=2))
+    atomic_write(path, json.dumps(metrics, indent=2))
