@@ -330,3 +330,20 @@ def test_a_forced_export_whose_onnx_fails_leaves_no_earlier_onnx(
     assert json.loads((out / "esc50_fold1.json").read_text())["files"] == {
         "torchscript": "esc50_fold1.torchscript.pt"
     }
+
+
+def test_command_line_mistakes_are_one_error_line(capsys: pytest.CaptureFixture) -> None:
+    """argparse's usage block is not printed before the error: one line, exit status 2."""
+    from esc50_lightning import cache, pack, report
+
+    for main, argv, expected in [
+        (predict.main, [], "error: the following arguments are required: FILE_OR_DIR"),
+        (export.main, ["--ckpt"], "error: argument --ckpt: expected one argument"),
+        (report.main, ["a", "b"], "error: unrecognized arguments: b"),
+        (pack.main, ["--bogus"], "error: the following arguments are required: src, dst"),
+        (cache.main, ["prune", "--older-than"], "error: argument --older-than: expected one argument"),
+    ]:
+        code, out, err = _call(main, argv, capsys)
+        assert (code, out) == (2, ""), (argv, err)
+        (line,) = err.splitlines()
+        assert line.startswith(expected) and line.endswith(" --help)"), line

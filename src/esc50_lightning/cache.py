@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esc50_lightning.errors import UserError, run_guarded
+from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.filelock import file_lock
 
 ENTRY = re.compile(r"^(?P<stem>(?P<kind>waveforms|logmel)-(?P<key>[0-9a-f]{16}))\.(?:npy|json|lock)$")
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="the cache folder (default: $ESC50_CACHE, else ~/.cache/esc50-lightning)",
     )
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="python -m esc50_lightning.cache",
         description="List the decode cache's entries, or remove old ones.",
     )

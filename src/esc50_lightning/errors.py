@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from hydra.errors import InstantiationException
 
@@ -14,6 +15,14 @@ T = TypeVar("T")
 
 class UserError(Exception):
     """A mistake in the user's data, config or command line; shown without a traceback."""
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse for the commands: a command-line mistake is one ``error:`` line (not argparse's
+    usage block first), exit status 2, as every other user mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 class DataError(UserError):

@@ -16,7 +16,6 @@ that length, as ``esc50_lightning.predict`` does.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -33,7 +32,7 @@ from torch import nn
 
 from esc50_lightning.checkpoints.record import checkpoint_path, load_classifier
 from esc50_lightning.data.audio import clip_samples
-from esc50_lightning.errors import UserError, run_guarded
+from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.features import FeatureExtractor
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -247,7 +246,7 @@ def _write(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="python -m esc50_lightning.export",
         description="Export a checkpoint (frontend included) as TorchScript and, where possible, ONNX.",
     )

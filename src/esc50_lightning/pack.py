@@ -7,7 +7,6 @@ members' class probabilities. ``eval.py``, ``predict`` and ``export`` take eithe
 
 from __future__ import annotations
 
-import argparse
 import copy
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from omegaconf import OmegaConf
 
 from esc50_lightning.checkpoints.io import atomic_torch_save
 from esc50_lightning.checkpoints.record import offline_net, plain_state_dict, read_checkpoint
-from esc50_lightning.errors import UserError, run_guarded
+from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.factory import KEEP_EVAL_CROP, build_features
 from esc50_lightning.features.extractor import CropSize
 
@@ -153,7 +152,7 @@ def _save_slim(ckpt: dict[str, Any], dst: str | Path, half: bool) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """``python -m esc50_lightning.pack SRC.ckpt [SRC.ckpt ...] DST.ckpt [--fp32]``: write a slim
     checkpoint; with several sources, one that averages their predictions (an ensemble)."""
-    parser = argparse.ArgumentParser(prog="python -m esc50_lightning.pack", description=main.__doc__)
+    parser = CommandLineParser(prog="python -m esc50_lightning.pack", description=main.__doc__)
     parser.add_argument("src", nargs="+", help="trained checkpoint(s); several make an ensemble")
     parser.add_argument("dst")
     parser.add_argument("--fp32", action="store_true", help="keep float32 weights")

@@ -27,7 +27,7 @@ import torch
 from esc50_lightning.atomic import atomic_file
 from esc50_lightning.checkpoints.record import load_classifier
 from esc50_lightning.data.audio import AudioReadError, clip_samples, fit_length, read_mono
-from esc50_lightning.errors import UserError, run_guarded
+from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.training.classifier import AudioClassifier
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "esc50_fold1.ckpt"
@@ -223,7 +223,7 @@ def _print_result(result: dict[str, Any], per_window: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="python -m esc50_lightning.predict",
         description="Top-k classes of audio files (any rate, channels and length) from a trained checkpoint.",
     )

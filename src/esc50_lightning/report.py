@@ -20,7 +20,6 @@ under ``holdout`` the figure is the test fold scored once with the checkpoint ch
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
@@ -43,7 +42,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from esc50_lightning.checkpoints.record import read_checkpoint
 from esc50_lightning.data.table import DatasetSpec, read_table
-from esc50_lightning.errors import UserError, run_guarded
+from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.hydra_ext.run_dirs import read_run_config
 from esc50_lightning.hydra_ext.task import check_value_types
 from esc50_lightning.search_summary import is_search, search_report
@@ -643,7 +642,7 @@ def _stage(out: Path, name: str, data: bytes) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="python -m esc50_lightning.report",
         description="Summarise a multirun (or any folder of runs): per-fold tables with mean ± std, "
         "confusion matrices and per-class accuracy.",

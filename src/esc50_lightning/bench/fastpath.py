@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from esc50_lightning.bench.pipeline import machine_info, sync
 from esc50_lightning.conf import CONF_DIR
-from esc50_lightning.errors import UserError, run_guarded
+from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.factory import build_logmel, build_module
 from esc50_lightning.training.precision import cpu_has_native_bf16
 
@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="python -m esc50_lightning.bench.fastpath",
         description="Today's training path against speed=gpu_fast's, side by side, on the real ESC-50 clips.",
     )

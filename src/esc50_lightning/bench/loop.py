@@ -44,7 +44,7 @@ from omegaconf import DictConfig, open_dict
 from torch.optim.swa_utils import AveragedModel
 
 from esc50_lightning.conf import CONF_DIR
-from esc50_lightning.errors import UserError, run_guarded
+from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.factory import build_features, build_logmel
 from esc50_lightning.training.precision import use_native_precision
 from esc50_lightning.training.schedules import steps_per_batch
@@ -280,7 +280,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="python -m esc50_lightning.bench.loop",
         description="Seconds per epoch of python train.py against a bare PyTorch loop on the same work.",
     )

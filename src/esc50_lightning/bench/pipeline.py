@@ -40,7 +40,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from esc50_lightning.conf import CONF_DIR
-from esc50_lightning.errors import UserError, run_guarded
+from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.factory import build_logmel, build_module
 from esc50_lightning.training.precision import cpu_flags, cpu_has_native_bf16, cpu_model
 
@@ -538,7 +538,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="python -m esc50_lightning.bench",
         description="Input-pipeline, train-step and startup benchmark on the real ESC-50 clips.",
     )
