@@ -222,3 +222,20 @@ def test_trainer_mps_refused_without_apple_gpu(run_train, tmp_path):
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stderr.strip().splitlines() == [f"error: {name}: no Apple GPU (MPS) on this machine"]
     assert run_dirs(tmp_path / "outputs") == []
+
+
+def test_gpu_options_refused_without_cuda(run_train, tmp_path):
+    """speed=gpu_fast, trainer=gpu or trainer.accelerator=cuda where torch sees no CUDA GPU (hidden
+    here, so a GPU machine answers the same): one line, exit 2, no run folder."""
+    no_gpu = "torch sees no CUDA GPU on this machine; use trainer=cpu or trainer.accelerator=auto"
+    fast = "speed=gpu_fast needs a CUDA GPU and torch sees none here: leave it out on a CPU"
+    hidden = {"CUDA_VISIBLE_DEVICES": ""}
+    for option, line in (
+        ("speed=gpu_fast", f"error: {fast}"),
+        ("trainer=gpu", f"error: trainer=gpu: {no_gpu}"),
+        ("trainer.accelerator=cuda", f"error: trainer.accelerator=cuda: {no_gpu}"),
+    ):
+        proc = run_train(option, "data.limit_per_class=1", tiny=False, check=False, warm=True, env=hidden)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.strip().splitlines() == [line]
+    assert run_dirs(tmp_path / "outputs") == []

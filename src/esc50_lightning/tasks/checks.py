@@ -41,6 +41,7 @@ def check_train_config(cfg: DictConfig) -> None:
         )
     accelerator = cfg.trainer.get("accelerator")
     check_mps(accelerator)
+    check_cuda(accelerator)
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if cfg.trainer.get("sync_batchnorm") and on_cpu:
         # torch's SyncBatchNorm is GPU-only; trainer=ddp on CPU (gloo) runs with per-process BatchNorm.
@@ -88,6 +89,19 @@ def check_mps(accelerator: object) -> None:
     if accelerator == "mps" and not mps_available():
         name = "trainer=mps" if _choice("trainer", "") == "mps" else "trainer.accelerator=mps"
         raise UserError(f"{name}: no Apple GPU (MPS) on this machine")
+
+
+def check_cuda(accelerator: object) -> None:
+    """trainer=gpu, speed=gpu_fast (or trainer.accelerator=gpu|cuda) where torch sees no CUDA GPU:
+    one line, not Lightning's exception inside Hydra's instantiation error."""
+    if accelerator not in ("gpu", "cuda") or torch.cuda.is_available():
+        return
+    if _choice("speed", "") == "gpu_fast":
+        raise UserError("speed=gpu_fast needs a CUDA GPU and torch sees none here: leave it out on a CPU")
+    name = "trainer=gpu" if _choice("trainer", "") == "gpu" else f"trainer.accelerator={accelerator}"
+    raise UserError(
+        f"{name}: torch sees no CUDA GPU on this machine; use trainer=cpu or trainer.accelerator=auto"
+    )
 
 
 def early_stopping_on(cfg: DictConfig) -> bool:
