@@ -37,8 +37,12 @@ def test_a_longer_plan_needs_an_epoch_to_spare() -> None:
     assert epochs_that_fit(51, 595.0, 10.0, 5, 150) == 110  # a first plan has nothing to keep
     # 610 s fit 110 even with an epoch to spare: grow.
     assert epochs_that_fit(51, 610.0, 10.0, 5, 150, planned=105) == 110
-    # A shorter plan is taken at once: the deadline comes first.
+    # A shorter plan is taken when the plan overruns by more than an epoch: the deadline comes first.
     assert epochs_that_fit(51, 480.0, 10.0, 5, 150, planned=105) == 95
+    # 535 s fit 53.5 more (104, so 100 by the clock), but 545 s (an epoch over) fit 105: keep 105,
+    # rather than cut a schedule planned for 105 short.
+    assert epochs_that_fit(51, 535.0, 10.0, 5, 150, planned=105) == 105
+    assert epochs_that_fit(51, 535.0, 10.0, 5, 150) == 100
 
 
 def test_a_resumed_run_counts_the_time_already_trained() -> None:

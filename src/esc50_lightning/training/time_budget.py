@@ -35,8 +35,10 @@ def epochs_that_fit(
     the end of the current validation period (its last epoch must be scored), never above ``cap``.
 
     Given the current plan (``planned``), a longer plan is taken only when it fits with an epoch
-    to spare: on a clock near a period's boundary the plan, and the schedule's length with it,
-    would otherwise flip between two lengths from epoch to epoch.
+    to spare, and a shorter one only when the current plan overruns by more than an epoch: on a
+    clock near a period's boundary the plan, and the schedule's length with it, would otherwise
+    flip between two lengths from epoch to epoch, and a plan cut short at its last epoch leaves
+    the learning-rate schedule unfinished (the run may overrun by up to an epoch instead).
     """
 
     period_end = math.ceil(done / every) * every
@@ -48,6 +50,8 @@ def epochs_that_fit(
     fits = fit(seconds_left)
     if planned is not None and fits > planned and fit(seconds_left - epoch_seconds) <= planned:
         return planned  # training goes on only while done < planned: it still covers this period
+    if planned is not None and done <= planned and fits < planned <= fit(seconds_left + epoch_seconds):
+        return planned  # over by less than an epoch: finish the schedule as planned
     return fits
 
 
@@ -57,7 +61,8 @@ class TimeBudget(Callback):
 
     The clock starts when training starts (the decode cache is built before) and carries over a
     resume. ``window`` epochs, the latest, give the speed. Planning is in whole validation periods
-    (and a longer plan needs an epoch to spare), so a run ends up to a period and an epoch early;
+    (a longer plan needs an epoch to spare; a shorter one is taken when the plan overruns by
+    more than an epoch), so a run ends up to a period and an epoch early, or up to an epoch late;
     a machine that slows down after the last plan can still overrun by that period's slowdown.
     """
 
