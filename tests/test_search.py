@@ -122,11 +122,12 @@ def test_hparams_search_killed_then_resumed(run_train, esc50_root, cache_dir, tm
 
 
 def test_hparams_search_parallel_trials_over_two_folds(run_train, tmp_path):
-    """Two trials at once, each trained on test folds 2 and 3: the objective is the mean of the two
-    validation folds' (1 and 2) best losses, and the two trials overlapped in time."""
+    """Two trials at once (asked the way a sweep asks: hydra/launcher=local_parallel, joblib with
+    n_jobs 2), each trained on test folds 2 and 3: the objective is the mean of the two validation
+    folds' (1 and 2) best losses, and the two trials overlapped in time."""
     proc = run_train(
         "debug=fast", *SMALL, "data.protocol=holdout", "hparams_search=lr_wd",
-        "hparams_search.n_trials=2", "hparams_search.n_jobs=2", "hparams_search.folds=[2,3]",
+        "hparams_search.n_trials=2", "hydra/launcher=local_parallel", "hparams_search.folds=[2,3]",
         tiny=False,
     )  # fmt: skip
     (sweep,) = [d for d in run_dirs(tmp_path / "outputs") if (d / "optuna.db").is_file()]
@@ -147,6 +148,7 @@ def test_hparams_search_parallel_trials_over_two_folds(run_train, tmp_path):
     assert "(2 at once, folds 2,3)" in proc.stdout + proc.stderr
     recipe = (sweep / "best.yaml").read_text()
     assert "holdout, the mean over validation folds 1, 2" in recipe
+    assert "launcher" not in recipe  # how the search ran is not part of the recipe
 
 
 def test_every_search_space_names_keys_the_config_has():
