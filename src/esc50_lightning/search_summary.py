@@ -109,7 +109,7 @@ def search_report(root: Path, out: Path) -> tuple[str, dict[str, bytes]]:
     frames = []
     for name in names:
         study = optuna.load_study(study_name=name, storage=storage)
-        metric = study.user_attrs.get("metric") or _metric(root)
+        metric = study.user_attrs.get("metric", "objective")  # recorded by tasks/search.py
         frame = trials_table(study)
         frames.append(frame.assign(study=name))
         counts = frame["state"].value_counts().to_dict() if len(frame) else {}
@@ -144,15 +144,3 @@ def search_report(root: Path, out: Path) -> tuple[str, dict[str, bytes]]:
     files["search.md"] = text.encode()
     files["search_trials.csv"] = pd.concat(frames).to_csv(index=False).encode()
     return text, files
-
-
-def _metric(root: Path) -> str:
-    """The metric the search optimised, from its recorded config (a sweep folder is a run folder)."""
-    from omegaconf import OmegaConf
-
-    config = root / ".hydra" / "config.yaml"
-    if config.is_file():
-        metric = OmegaConf.select(OmegaConf.load(config), "hparams_search.metric")
-        if metric:
-            return str(metric)
-    return "objective"

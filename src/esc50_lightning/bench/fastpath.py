@@ -27,8 +27,7 @@ import json
 import os
 import statistics
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
-from esc50_lightning.bench.pipeline import machine_info, sync
+from esc50_lightning.bench.pipeline import cycle, machine_info, timed_call, to_device
 from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.factory import build_logmel, build_module
@@ -111,7 +110,7 @@ class TrainPath:
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=3e-4)
         self.dm = dm
         dm.batch_size = self.batch_size
-        self._batches = self._cycle()
+        self._batches = cycle(self)
 
     @property
     def precision(self) -> str:
@@ -124,15 +123,14 @@ class TrainPath:
             return self.dm.device_loader("train", self.device)
         return self.dm.train_dataloader()
 
-    def _cycle(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            yield from self.loader()
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return iter(self.loader())  # a fresh epoch each time: cycle() goes on over epochs
 
     def data(self, batch: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
         """The next batch on the device through the frontend (what Lightning does before a step)."""
         batch = next(self._batches) if batch is None else batch
-        if not self.resident:  # pinned host memory on a GPU host, copied without blocking
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if not self.resident:
+            batch = to_device(batch, self.device)
         with torch.no_grad():
             return self.module.on_after_batch_transfer(batch, 0)
 
@@ -158,14 +156,6 @@ class TrainPath:
             self.module.configure_model()
 
 
-def _timed(fn: Callable[[], int], device: torch.device) -> tuple[float, int]:
-    sync(device)
-    start = time.perf_counter()
-    n = fn()
-    sync(device)
-    return time.perf_counter() - start, n
-
-
 def busy_share(path: TrainPath, steps: int) -> float | None:
     """Share of wall time the GPU runs kernels (merged kernel intervals) over ``steps`` steps."""
     if path.device.type != "cuda":
@@ -175,7 +165,7 @@ def busy_share(path: TrainPath, steps: int) -> float | None:
 
     try:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            wall, _ = _timed(lambda: sum(path.step(path.data()) for _ in range(steps)), path.device)
+            wall, _ = timed_call(lambda: sum(path.step(path.data()) for _ in range(steps)), path.device)
         spans = sorted(
             (e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA
         )
@@ -202,15 +192,15 @@ def measure(path: TrainPath, args: argparse.Namespace, train_clips: int) -> dict
     if measure_epoch:  # a warm-up epoch compiles every batch shape (the last batch is shorter)
         for batch in path.loader():
             path.step(path.data(batch))
-        epoch_s, _ = _timed(lambda: sum(path.step(path.data(b)) for b in path.loader()), device)
+        epoch_s, _ = timed_call(lambda: sum(path.step(path.data(b)) for b in path.loader()), device)
     for _ in range(args.warmup):
         path.step(path.data())
     rates, data_s, step_s = [], [], []
     for _ in range(args.repeats):
-        seconds, n = _timed(lambda: sum(path.step(path.data()) for _ in range(args.steps)), device)
+        seconds, n = timed_call(lambda: sum(path.step(path.data()) for _ in range(args.steps)), device)
         rates.append(n / seconds)
         step_s.append(seconds / args.steps)
-        seconds, _ = _timed(lambda: sum(len(path.data()["y"]) for _ in range(args.steps)), device)
+        seconds, _ = timed_call(lambda: sum(len(path.data()["y"]) for _ in range(args.steps)), device)
         data_s.append(seconds / args.steps)
     result["samples_per_s"] = statistics.median(rates)
     result["data_share"] = min(1.0, statistics.median(data_s) / statistics.median(step_s))

@@ -152,13 +152,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], int], device: torch.device) -> float:
-    """Samples per second of one call of ``fn`` (which returns how many samples it processed)."""
+def timed_call(fn: Callable[[], int], device: torch.device) -> tuple[float, int]:
+    """Seconds of one call of ``fn`` (the device synchronised around it) and what it returned."""
     sync(device)
     start = time.perf_counter()
     n = fn()
     sync(device)
-    return n / (time.perf_counter() - start)
+    return time.perf_counter() - start, n
+
+
+def timed(fn: Callable[[], int], device: torch.device) -> float:
+    """Samples per second of one call of ``fn`` (which returns how many samples it processed)."""
+    seconds, n = timed_call(fn, device)
+    return n / seconds
 
 
 # ---- 1. input pipelines --------------------------------------------------------------------

@@ -23,6 +23,18 @@ from esc50_lightning.errors import UserError
 log = logging.getLogger(__name__)
 
 
+def gather(
+    inputs: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, indices: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The batch of split indices ``indices`` (``copies`` of ``rows`` counted in turn) from the
+    whole cached array, on the array's device: the one gather of ``ClipSet`` and ``DeviceBatches``."""
+    rows = rows[indices % len(rows)]
+    batch = inputs.index_select(0, rows)  # ~3x faster than advanced indexing on CPU
+    if batch.dtype == torch.int16:  # waveform cache
+        batch = batch.float() / INT16_SCALE
+    return {"x": batch, "y": labels[rows], "row": rows}
+
+
 class ClipSet(Dataset):
     """One split's clips: ``rows`` of the whole cached array; ``__getitems__`` gathers a batch at once."""
 
@@ -33,11 +45,7 @@ class ClipSet(Dataset):
         return len(self.rows) * self.copies
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        rows = self.rows[torch.as_tensor(indices, dtype=torch.long) % len(self.rows)]
-        inputs = self.inputs.index_select(0, rows)  # ~3x faster than advanced indexing on CPU
-        if inputs.dtype == torch.int16:  # waveform cache
-            inputs = inputs.float() / INT16_SCALE
-        return {"x": inputs, "y": self.labels[rows], "row": rows}
+        return gather(self.inputs, self.labels, self.rows, torch.as_tensor(indices, dtype=torch.long))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
@@ -91,14 +99,7 @@ class DeviceBatches:
         self._iters += 1
         order = self.order(epoch).to(self.inputs.device)  # one small copy per epoch
         for start in range(0, len(order), self.batch_size):
-            yield self.gather(order[start : start + self.batch_size])
-
-    def gather(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        rows = self.rows[indices % len(self.rows)]
-        inputs = self.inputs.index_select(0, rows)
-        if inputs.dtype == torch.int16:  # waveform cache
-            inputs = inputs.float() / INT16_SCALE
-        return {"x": inputs, "y": self.labels[rows], "row": rows}
+            yield gather(self.inputs, self.labels, self.rows, order[start : start + self.batch_size])
 
 
 class FoldedAudioDataModule(L.LightningDataModule):
