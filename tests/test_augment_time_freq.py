@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, FreqMixStyle, LogMel
+from esc50_lightning.features.extractor import cut_windows
 
 CLIP = 5 * 22050  # 22.05 kHz keeps the spectrograms small: 64 mels x 216 frames with hop 512
 # `waves` (conftest): eight real clips from eight classes, 5 s at 22.05 kHz.
@@ -54,6 +56,34 @@ def test_time_stretch_resamples_a_window_at_the_drawn_rate() -> None:
     whole = extractor(time_stretch=(0.5, 0.5)).train()(ramp)[:, 0]
     assert whole.shape == (4, 64, 216)
     assert torch.allclose(whole[:, 0, 101] - whole[:, 0, 100], torch.full((4,), 0.5), atol=1e-4)
+
+
+@pytest.mark.parametrize("rates", [None, (0.5, 1.5), (0.8, 1.08), (1.0, 1.0)])
+def test_batched_cut_matches_a_slice_and_interpolate_per_clip(mels: torch.Tensor, rates) -> None:
+    """The one-gather cut (what the training crop runs, on any device) against the obvious
+    per-clip reference: a slice, and F.interpolate for a stretched window."""
+    generator = torch.Generator().manual_seed(1)
+    batch, freq, time = mels.shape
+    crop_f, crop_t = 56, 150
+    off_f = torch.randint(0, freq - crop_f + 1, (batch,), generator=generator)
+    widths = None
+    if rates is None:
+        off_t = torch.randint(0, time - crop_t + 1, (batch,), generator=generator)
+    else:
+        rate = torch.empty(batch).uniform_(*rates, generator=generator)
+        widths = rate.mul(crop_t).round().clamp(1, time).long()
+        off_t = (torch.rand(batch, generator=generator) * (time - widths + 1)).long()
+    out = cut_windows(mels, off_f, off_t, (crop_f, crop_t), widths)
+    for i in range(batch):
+        f, t = int(off_f[i]), int(off_t[i])
+        width = crop_t if widths is None else int(widths[i])
+        window = mels[i, f : f + crop_f, t : t + width]
+        if width != crop_t:
+            window = F.interpolate(window[None], size=crop_t, mode="linear", align_corners=False)[0]
+        # float32 source positions near frame 200 carry ~1e-5 of rounding: allow that much.
+        assert torch.allclose(out[i], window, rtol=0, atol=1e-4), (
+            f"clip {i} (offsets {f}, {t}, width {width})"
+        )
 
 
 def test_freq_mixstyle_keeps_content_and_swaps_row_statistics(mels: torch.Tensor) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from esc50_lightning.errors import UserError
@@ -50,6 +49,47 @@ def resolve_crop(
             f"a fraction of each axis (e.g. {key}=[100,0.89]), or {key}=null"
         )
     return sizes[0], sizes[1]
+
+
+def cut_windows(
+    x: torch.Tensor,
+    off_f: torch.Tensor,
+    off_t: torch.Tensor,
+    size: tuple[int, int],
+    widths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cut ``size`` = ``(mels, frames)`` from each spectrogram of ``x`` ``(B, F, T)`` at its offsets.
+
+    With ``widths``, sample ``i``'s window is ``widths[i]`` frames long and is resampled to
+    ``frames`` as ``F.interpolate(mode="linear", align_corners=False)`` would: a time stretch.
+    The windows become flat indices into each spectrogram and one gather cuts them all (two and
+    a blend for a stretch): a few kernels whatever the batch size. A slice and an interpolate
+    per sample cost a GPU one launch each (256 per step at batch 256); on a CPU the two ways
+    take about the same time.
+    """
+    batch, freq, time = x.shape
+    crop_f, crop_t = size
+    device = x.device
+    draws = torch.stack([off_f, off_t] if widths is None else [off_f, off_t, widths]).to(device)  # one copy
+    off_f, off_t = draws[0], draws[1]
+    rows = (off_f[:, None] + torch.arange(crop_f, device=device)) * time  # (B, crop_f)
+    flat = x.reshape(batch, freq * time)
+    frames = torch.arange(crop_t, device=device)
+    if widths is None:
+        index = rows[:, :, None] + (off_t[:, None] + frames)[:, None, :]
+        return flat.gather(1, index.reshape(batch, -1)).view(batch, crop_f, crop_t)
+    widths = draws[2]
+    # F.interpolate(linear, align_corners=False): source = (j + 0.5) * width / frames - 0.5,
+    # clamped at 0; blend of floor(source) and the next frame (the last one repeats).
+    scale = widths.to(torch.float32)[:, None] / crop_t
+    source = ((frames + 0.5) * scale - 0.5).clamp_min(0.0)  # (B, crop_t)
+    first = source.long()
+    second = torch.minimum(first + 1, widths[:, None] - 1)
+    weight = (source - first).to(x.dtype)[:, None, :]
+    left = flat.gather(1, (rows[:, :, None] + (off_t[:, None] + first)[:, None, :]).reshape(batch, -1))
+    right = flat.gather(1, (rows[:, :, None] + (off_t[:, None] + second)[:, None, :]).reshape(batch, -1))
+    left, right = left.view(batch, crop_f, crop_t), right.view(batch, crop_f, crop_t)
+    return torch.lerp(left, right, weight)
 
 
 # ``eval_crop`` value meaning "the training crop's size" (also what configs without the key get).
@@ -170,28 +210,18 @@ class FeatureExtractor(nn.Module):
         crop_f, crop_t = self.crop or (freq, time)
         if (crop_f, crop_t) == (freq, time) and self.time_stretch is None:
             return x
-        # Offsets drawn on the CPU (slicing needs Python ints); one slice per sample, then one
-        # copy: far cheaper than a 3-D advanced-indexing gather.
-        off_f = torch.randint(0, freq - crop_f + 1, (batch,)).tolist()
+        # Offsets and widths are drawn by the CPU generator whatever the device: a run's crops
+        # depend on its seed, not on where it trains.
+        off_f = torch.randint(0, freq - crop_f + 1, (batch,))
         if self.time_stretch is None:
-            off_t = torch.randint(0, time - crop_t + 1, (batch,)).tolist()
-            return torch.stack(
-                [
-                    x[i, f : f + crop_f, t : t + crop_t]
-                    for i, (f, t) in enumerate(zip(off_f, off_t, strict=True))
-                ]
+            widths = None
+            off_t = torch.randint(0, time - crop_t + 1, (batch,))
+        else:  # a window of rate * crop_t frames (at most the whole clip), resampled to crop_t
+            widths = (
+                torch.empty(batch).uniform_(*self.time_stretch).mul_(crop_t).round_().clamp_(1, time).long()
             )
-        # Time stretch as a random resized crop: a window of rate * crop_t frames (at most the
-        # whole clip) is resampled to crop_t, so rate > 1 plays the window faster.
-        widths = torch.empty(batch).uniform_(*self.time_stretch).mul_(crop_t).round_().clamp_(1, time).long()
-        off_t = (torch.rand(batch) * (time - widths + 1)).long().tolist()
-        pieces = []
-        for i, (f, t, width) in enumerate(zip(off_f, off_t, widths.tolist(), strict=True)):
-            piece = x[i, f : f + crop_f, t : t + width]
-            if width != crop_t:
-                piece = F.interpolate(piece[None], size=crop_t, mode="linear", align_corners=False)[0]
-            pieces.append(piece)
-        return torch.stack(pieces)
+            off_t = (torch.rand(batch) * (time - widths + 1)).long()
+        return cut_windows(x, off_f, off_t, (crop_f, crop_t), widths)
 
     def _roll(self, x: torch.Tensor) -> torch.Tensor:
         """Circular shift of every spectrogram along time by up to ``time_roll`` of its frames."""
