@@ -79,6 +79,42 @@ def test_eval_refuses_a_training_fold_unless_told(trained: dict, tmp_path: Path)
     assert metrics["fold"] == 3 and metrics["on_seen_fold"] is True
 
 
+def test_eval_averages_the_logits_of_evenly_spaced_cuts(trained: dict, tmp_path: Path) -> None:
+    """``eval_crops=3``: three 200-frame cuts per clip (start, middle, end), logits averaged; the
+    loss eval.py reports equals the one computed here from the WAV files, cut by cut."""
+    env = {**trained["env"], "ESC50_OUTPUTS": str(tmp_path)}
+    overrides = [f"ckpt_path={trained['ckpt']}", "data.fold=1", "data.limit_per_class=1"]
+    proc = run_command(["eval.py", *overrides, "eval_crop=[100,200]", "eval_crops=3"], env=env)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = run_dirs(tmp_path / "eval")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["eval_crops"] == 3 and metrics["input"] == [100, 200]
+
+    module, _ = load_classifier(trained["ckpt"])
+    module.eval()
+    waves = torch.stack(
+        [torch.from_numpy(fit_length(read_mono(c, SR).samples, CLIP)) for c in trained["clips"]]
+    )
+    with torch.no_grad():
+        spec = module.features.logmel(waves.float())
+        spec = (spec - spec.mean(dim=(1, 2), keepdim=True)) / (spec.std(dim=(1, 2), keepdim=True) + 1e-5)
+        starts = (0, 116, 231)  # 431 frames: evenly spaced 200-frame cuts, first at 0, last at the end
+        cuts = [spec[:, 14:114, t : t + 200].unsqueeze(1) for t in starts]  # centred 100 of 128 mels
+        logits = torch.stack([module.net(cut) for cut in cuts]).mean(dim=0)
+    labels = torch.tensor(trained["predictions"].target.tolist())
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert metrics["test"]["loss"] == pytest.approx(loss, abs=2e-5)
+    # the one centred 200-frame cut scores otherwise (the model is barely trained: by little)
+    single = torch.nn.functional.cross_entropy(module.net(spec[:, 14:114, 115:315].unsqueeze(1)), labels)
+    assert abs(float(single) - loss) > 1e-4
+
+    # three cuts of the whole clip would be one cut three times: refused in one line
+    refused = run_warm(["eval.py", *overrides, "eval_crop=[100,null]", "eval_crops=3"], env=env)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "features.eval_crops=3 needs features.eval_crop shorter than the clip" in refused.stderr
+    assert len(run_dirs(tmp_path / "eval")) == 1  # nothing left by the refused run
+
+
 def test_build_sets_the_cut_eval_scores_and_eval_can_override_it(
     trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -82,11 +82,18 @@ def test_masks_only_in_training(waves: torch.Tensor) -> None:
     assert not bool(((clean == 0).all(dim=1)).any())
 
 
-def test_eval_frontend_is_batch_size_agnostic_when_traced(waves: torch.Tensor) -> None:
-    """Export traces the eval frontend at one batch size; it must serve any other."""
-    features = FeatureExtractor(LogMel(), 220500, (100, 384), augment=SpecAugment()).eval()
+@pytest.mark.parametrize("eval_crops", [1, 3])
+def test_eval_frontend_is_batch_size_agnostic_when_traced(waves: torch.Tensor, eval_crops: int) -> None:
+    """Export traces the eval frontend at one batch size; it must serve any other (with several
+    cuts per clip too: 5 clips give 15 cuts, pooled back to 5 rows)."""
+    features = FeatureExtractor(
+        LogMel(), 220500, (100, 384), augment=SpecAugment(), eval_crops=eval_crops
+    ).eval()
     traced = torch.jit.trace(features, waves[:2], check_trace=False)
     torch.testing.assert_close(traced(waves[:5]), features(waves[:5]))
+    assert traced(waves[:5]).shape == (5 * eval_crops, 1, 100, 384)
+    logits = torch.randn(5 * eval_crops, 50)
+    torch.testing.assert_close(features.pool(logits), logits.view(5, eval_crops, 50).mean(dim=1))
 
 
 def test_evaluation_scores_its_own_centred_cut() -> None:

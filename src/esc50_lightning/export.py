@@ -47,7 +47,7 @@ class WaveformClassifier(nn.Module):
         self.net = net
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return self.net(self.features(waveform))
+        return self.features.pool(self.net(self.features(waveform)))
 
 
 class FixedLengthInput(nn.Module):

@@ -54,6 +54,7 @@ def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtr
         time_roll=aug.get("time_roll", 0.0),
         time_stretch=aug.get("time_stretch"),
         mixstyle=mixstyle,
+        eval_crops=cfg.features.get("eval_crops", 1),
     )
 
 

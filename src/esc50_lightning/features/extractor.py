@@ -108,6 +108,9 @@ class FeatureExtractor(nn.Module):
     cuts ``crop`` at random; evaluation cuts ``eval_crop`` (by default the same size) from the
     centre. The models end in global pooling, so evaluation may see more than one training crop:
     ``eval_crop=(56, None)`` scores the trained mel window over every frame of the clip.
+    ``eval_crops=N`` (N > 1) instead scores N cuts of ``eval_crop``'s size, evenly spaced in
+    time from the clip's start to its end: evaluation returns ``(B * N, 1, F', T')``, clip by
+    clip, and ``pool`` averages the network's logits back to one row per clip.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class FeatureExtractor(nn.Module):
         time_roll: float = 0.0,
         time_stretch: Sequence[float] | None = None,
         mixstyle: FreqMixStyle | None = None,
+        eval_crops: int = 1,
     ):
         super().__init__()
         self.logmel = logmel
@@ -133,11 +137,38 @@ class FeatureExtractor(nn.Module):
         self.time_stretch = None if time_stretch is None else _rate_range(time_stretch)
         self.input_shape = (logmel.n_mels, logmel.frames(clip_samples))
         self.crop = resolve_crop(crop, self.input_shape)
+        self.eval_crops = 1
         self.set_eval_crop(crop if eval_crop == SAME_AS_CROP else eval_crop)
+        self.set_eval_crops(eval_crops)
 
     def set_eval_crop(self, eval_crop: Sequence[CropSize] | None) -> None:
         """The centred ``[mels, frames]`` cut scored in evaluation (``resolve_crop``'s rules)."""
-        self.eval_crop = resolve_crop(eval_crop, self.input_shape, key="features.eval_crop")
+        eval_crop = resolve_crop(eval_crop, self.input_shape, key="features.eval_crop")
+        self._check_eval_crops(self.eval_crops, eval_crop)
+        self.eval_crop = eval_crop
+
+    def set_eval_crops(self, count: int) -> None:
+        """How many cuts of ``eval_crop``'s size evaluation scores per clip (logits averaged)."""
+        self._check_eval_crops(count, self.eval_crop)
+        self.eval_crops = int(count)
+
+    def _check_eval_crops(self, count: object, eval_crop: tuple[int, int] | None) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise UserError(f"features.eval_crops={count} must be a whole number of cuts, 1 or more")
+        mels, frames = self.input_shape if eval_crop is None else eval_crop
+        if count > 1 and frames == self.input_shape[1]:
+            raise UserError(
+                f"features.eval_crops={count} needs features.eval_crop shorter than the clip in time "
+                f"(it is all {frames} frames, so every cut would be the same): set e.g. "
+                f"features.eval_crop=[{mels},{self.output_shape[1]}], or features.eval_crops=1"
+            )
+
+    def pool(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits of the ``eval_crops`` cuts of each clip averaged to one row per clip (in
+        evaluation; training and single cuts pass through)."""
+        if self.training or self.eval_crops == 1:
+            return logits
+        return logits.reshape(-1, self.eval_crops, logits.shape[-1]).mean(dim=1)
 
     @property
     def output_shape(self) -> tuple[int, int]:
@@ -181,6 +212,10 @@ class FeatureExtractor(nn.Module):
             x = x.mul_(row_scale) if self.normalize else x * row_scale  # x - mean is ours to modify
         if col_scale is not None:
             x = x.mul_(col_scale)
+        if not self.training and self.eval_crops > 1:  # (B, F', N * T') -> (B * N, F', T')
+            batch, freq, frames = x.shape
+            cut = frames // self.eval_crops
+            x = x.reshape(batch, freq, self.eval_crops, cut).transpose(1, 2).reshape(-1, freq, cut)
         return x.unsqueeze(1)
 
     @staticmethod
@@ -201,12 +236,20 @@ class FeatureExtractor(nn.Module):
         """The evaluation cut (centred), or the training cut (random, stretched if asked); the
         input itself when there is nothing to cut."""
         batch, freq, time = x.shape
-        if not self.training:  # centre crop: one slice, batch-size agnostic (traces and exports)
+        if not self.training:  # centred slices, batch-size agnostic (traces and exports)
             crop_f, crop_t = self.eval_crop or (freq, time)
             if (crop_f, crop_t) == (freq, time):
                 return x
-            f, t = (freq - crop_f) // 2, (time - crop_t) // 2
-            return x[:, f : f + crop_f, t : t + crop_t]
+            f = (freq - crop_f) // 2
+            if self.eval_crops == 1:
+                t = (time - crop_t) // 2
+                return x[:, f : f + crop_f, t : t + crop_t]
+            # Several cuts side by side along time, so the per-clip scalings that follow still
+            # broadcast; forward splits them into clips at the end.
+            last = self.eval_crops - 1
+            # k/last of the way, rounded half up; integer arithmetic, as traces see tensor shapes
+            starts = [(2 * k * (time - crop_t) + last) // (2 * last) for k in range(self.eval_crops)]
+            return torch.cat([x[:, f : f + crop_f, t : t + crop_t] for t in starts], dim=2)
         crop_f, crop_t = self.crop or (freq, time)
         if (crop_f, crop_t) == (freq, time) and self.time_stretch is None:
             return x

@@ -51,8 +51,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(str(cfg.ckpt_path)).expanduser().resolve()
     run_dir = Path(cfg.paths.output_dir)
     module, info = load_classifier(ckpt_path)
+    crops = cfg.get("eval_crops", KEEP_EVAL_CROP)
+    if crops != KEEP_EVAL_CROP:
+        module.features.eval_crops = 1  # checked below, together with the cut
     if cfg.get("eval_crop", KEEP_EVAL_CROP) != KEEP_EVAL_CROP:
         module.features.set_eval_crop(crop_from_config(cfg.eval_crop))
+    if crops != KEEP_EVAL_CROP:
+        module.features.set_eval_crops(crops)
     trained = info["data"]
     fold = int(trained["splits"]["test"][0] if cfg.data.fold is None else cfg.data.fold)
     seen = seen_folds(trained)
@@ -94,6 +99,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "fold": fold,
         "clips": len(datamodule.sets["test"]),
         "input": list(module.features.eval_shape),
+        "eval_crops": module.features.eval_crops,
         "trained": {k: trained[k] for k in ("protocol", "fold", "splits")},
         "on_seen_fold": fold in seen,
         "test": test,

@@ -109,7 +109,9 @@ class AudioClassifier(L.LightningModule):
         return weight, torch.randperm(batch_size, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        """Logits of ``self.features``' output: one row per clip (several evaluation cuts of a
+        clip, ``features.eval_crops``, are averaged)."""
+        return self.features.pool(self.net(x))
 
     # ---- steps -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
