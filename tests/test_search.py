@@ -153,23 +153,49 @@ def test_hparams_search_parallel_trials_over_two_folds(run_train, tmp_path):
 
 def test_every_search_space_names_keys_the_config_has():
     """Each space in conf/hparams_search searches keys that exist in the composed config (a typo
-    would train every trial with the default), and each categorical group choice composes."""
+    would train every trial with the default), over the recipe it names if it names one; each
+    categorical choice composes, and a choice written as a list reaches the config as that list."""
+    import yaml
     from helpers import compose_config
-    from omegaconf import OmegaConf
+    from omegaconf import ListConfig, OmegaConf
 
     from esc50_lightning.conf import CONF_DIR
 
     spaces = sorted(p.stem for p in (Path(CONF_DIR) / "hparams_search").glob("*.yaml"))
-    assert {"lr_wd", "recipe", "augment"} <= set(spaces)
+    assert {"lr_wd", "recipe", "augment", "long_schedule"} <= set(spaces)
     for space in spaces:
         cfg = compose_config("data.protocol=holdout", f"hparams_search={space}", hydra=True)
+        recipe = (
+            [f"experiment={cfg.hparams_search.experiment}"] if cfg.hparams_search.get("experiment") else []
+        )
+        cfg = compose_config(*recipe, "data.protocol=holdout", f"hparams_search={space}", hydra=True)
         groups = set(cfg.hydra.runtime.choices)
         for key, spec in cfg.hparams_search.params.items():
             if key in groups:
                 assert spec.type == "categorical", (space, key)
                 for choice in spec.choices:
                     assert compose_config(f"{key}={choice}")[key], (space, key, choice)
+                continue
+            value = OmegaConf.select(cfg, key, default="<missing>")
+            assert value != "<missing>", f"hparams_search={space}: {key} is not a config key"
+            if spec.type == "categorical":
+                for choice in spec.choices:
+                    chosen = OmegaConf.select(compose_config(*recipe, f"{key}={choice}"), key)
+                    if isinstance(chosen, ListConfig):
+                        chosen = OmegaConf.to_object(chosen)
+                    # "[32,64]" is the list [32, 64] on the command line, as in YAML
+                    assert chosen == (yaml.safe_load(choice) if isinstance(choice, str) else choice), (
+                        space,
+                        key,
+                    )
             else:
-                value = OmegaConf.select(cfg, key, default="<missing>")
-                assert value != "<missing>", f"hparams_search={space}: {key} is not a config key"
                 assert spec.type in ("float", "int") and spec.low < spec.high, (space, key)
+
+
+def test_a_space_around_a_recipe_refuses_another(run_train, tmp_path):
+    proc = run_train("data.protocol=holdout", "hparams_search=long_schedule", check=False, warm=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        "error: hparams_search=long_schedule searches the settings of experiment=long_schedule, but this "
+        "command chose no experiment: add experiment=long_schedule" in proc.stderr
+    )

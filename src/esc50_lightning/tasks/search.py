@@ -85,6 +85,14 @@ class SearchSpec:
                 f"hparams_search.folds={folds}: give distinct test folds of data.dataset.folds {known} "
                 "(each trial trains once per fold, validating on the fold before it)"
             )
+        recipe_name = spec.get("experiment")  # a space searching around one recipe names it
+        chosen = HydraConfig.get().runtime.choices.get("experiment")
+        if recipe_name and chosen != recipe_name:
+            raise UserError(
+                f"hparams_search={name} searches the settings of experiment={recipe_name}, but this "
+                f"command chose {f'experiment={chosen}' if chosen else 'no experiment'}: "
+                f"add experiment={recipe_name}"
+            )
         params = spec.get("params") or {}
         if not params:
             raise UserError(f"hparams_search={name}: params is empty; name at least one key to search")
