@@ -20,7 +20,7 @@ def test_fastpath_bench_prints_a_row_per_model_and_path(
         "--cache-dir",
         str(cache_dir),
         "--models",
-        "cnn4",
+        "cnn4,experiment=long_schedule",
         "--limit-per-class",
         "1",
     ]
@@ -37,6 +37,12 @@ def test_fastpath_bench_prints_a_row_per_model_and_path(
         assert cells[6].endswith("(derived)") and cells[9] == cells[10] == "n/a"  # CPU: no peak, no profiler
     raw = json.loads(out.read_text())
     assert raw["train_clips"] == 200 and set(raw["models"]["cnn4"]) == {"today", "resident", "fast"}
+    # a recipe's row: its vgg8 on its 56x200 crops, between-class mixing and time stretch included
+    recipe = raw["models"]["experiment=long_schedule"]
+    assert set(recipe) == {"today", "resident", "fast"}
+    assert recipe["fast"]["flops_per_sample"] == recipe["today"]["flops_per_sample"] > 0
+    assert recipe["fast"]["flops_per_sample"] != raw["models"]["cnn4"]["fast"]["flops_per_sample"]
+    assert "| experiment=long_schedule | fast | 8 |" in text
     assert (
         raw["models"]["cnn4"]["today"]["flops_per_sample"]
         == raw["models"]["cnn4"]["fast"]["flops_per_sample"]

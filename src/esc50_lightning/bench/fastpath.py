@@ -1,7 +1,8 @@
 """Today's training path against the fast path (``speed=gpu_fast``), side by side in one run.
 
-``python -m esc50_lightning.bench.fastpath`` trains each model (default cnn8 and vgg8) for a few
-steps both ways and prints one Markdown table:
+``python -m esc50_lightning.bench.fastpath`` trains each model (default cnn8 and vgg8), or recipe
+(``--models experiment=long_schedule``: its model, frontend and augmentation), for a few steps each
+way and prints one Markdown table:
 
 - **today**: the DataLoader over the mapped cache, batch 32, copied to the device per step, fp32;
 - **resident**: today's batch and precision, the batches gathered from the cache on the device
@@ -73,9 +74,10 @@ PATHS = ("today", "resident", "fast")
 
 
 def path_config(args: argparse.Namespace, model: str, fast: bool) -> DictConfig:
+    """``model`` is a model name, or ``experiment=NAME``: a recipe's model, features and augmentation."""
     overrides = [
         f"data.dataset.root={args.root}",
-        f"model={model}",
+        model if model.startswith("experiment=") else f"model={model}",
         f"data.batch_size={args.fast_batch_size if fast else args.batch_size}",
         "data.num_workers=0",
     ]
@@ -263,13 +265,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine_info(device), "steps": args.steps, "repeats": args.repeats}
     results["peak_tflops"] = peak_tflops(device, args.peak_tflops)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    cfg = path_config(args, models[0], fast=False)
-    dm = instantiate(cfg.data, frontend=build_logmel(cfg))
-    dm.prepare_data()
-    dm.setup("fit")
-    results["clips"], results["train_clips"] = len(dm.table), len(dm.sets["train"])
     results["models"] = {}
     for model in models:
+        cfg = path_config(args, model, fast=False)  # a recipe may bring its own frontend: its own cache
+        dm = instantiate(cfg.data, frontend=build_logmel(cfg))
+        dm.prepare_data()
+        dm.setup("fit")
+        results["clips"], results["train_clips"] = len(dm.table), len(dm.sets["train"])
         results["models"][model] = {}
         for name in PATHS:
             log(f"{model}: {name} path ...")
@@ -293,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", default=os.environ.get("ESC50_ROOT"), help="ESC-50 folder ($ESC50_ROOT)")
     parser.add_argument("--cache-dir", help="data cache (default: the configured one, $ESC50_CACHE)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: cnn8,vgg8)")
+    parser.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help="comma-separated models, or recipes as experiment=NAME (default: cnn8,vgg8)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="today's batch (default 32)")
     parser.add_argument(
         "--fast-batch-size", type=int, default=256, help="the fast path's batch (default 256)"
@@ -330,8 +336,16 @@ def main(argv: list[str] | None = None) -> None:
         if not args.root or not (Path(args.root) / "meta" / "esc50.csv").is_file():
             raise UserError(f"--root {args.root}: no meta/esc50.csv there; set ESC50_ROOT or --root")
         for name in args.models.split(","):
-            if not (CONF_DIR / "model" / f"{name}.yaml").is_file() or name == "cnn14":
-                raise UserError(f"--models: unknown model {name!r}; choose from cnn4, cnn8, vgg8, resnet18")
+            if name.startswith("experiment="):
+                recipe = name.split("=", 1)[1]
+                if not (CONF_DIR / "experiment" / f"{recipe}.yaml").is_file() or recipe == "cnn14_finetune":
+                    known = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+                    raise UserError(f"--models: unknown recipe {name!r}; recipes: {', '.join(known)}")
+            elif not (CONF_DIR / "model" / f"{name}.yaml").is_file() or name == "cnn14":
+                raise UserError(
+                    f"--models: unknown model {name!r}; choose from cnn4, cnn8, vgg8, resnet18, "
+                    "or a recipe as experiment=NAME"
+                )
         if min(args.steps, args.repeats, args.batch_size, args.fast_batch_size) < 1 or args.warmup < 0:
             raise UserError("--steps, --repeats and the batch sizes must be positive, --warmup 0 or more")
         results = run(args)
