@@ -339,7 +339,9 @@ def main(argv: list[str] | None = None) -> None:
             if name.startswith("experiment="):
                 recipe = name.split("=", 1)[1]
                 if not (CONF_DIR / "experiment" / f"{recipe}.yaml").is_file() or recipe == "cnn14_finetune":
-                    known = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+                    known = sorted(
+                        p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if "cnn14" not in p.stem
+                    )
                     raise UserError(f"--models: unknown recipe {name!r}; recipes: {', '.join(known)}")
             elif not (CONF_DIR / "model" / f"{name}.yaml").is_file() or name == "cnn14":
                 raise UserError(
