@@ -6,13 +6,14 @@
 #   bash scripts/gpu_check.sh
 #
 # 1. env.txt: the GPU, versions, whether an MPS daemon runs;
-# 2. fastpath.md/.json: python -m esc50_lightning.bench.fastpath for cnn8 and vgg8: today's path,
+# 2. fastpath.md/.json: python -m esc50_lightning.bench.fastpath for cnn8 and the long-schedule
+#    recipe (experiment=long_schedule: its vgg8, frontend and augmentation): today's path,
 #    device-resident data alone, and speed=gpu_fast's (resident, batch 256, bf16, channels_last,
 #    torch.compile) side by side; again without compile if the compiled run fails;
-# 3. sweep.log, sweep.md: one command, a five-fold cv of cnn8 with speed=gpu_fast for
-#    $EPOCHS epochs (default 200; 100 when under 400 s are left), the five runs sharing the GPU
-#    (hydra/launcher=shared_gpu),
-#    timed, with each fold's final accuracy; skipped when too little time is left.
+# 3. sweep.log, sweep.md: one command, a five-fold cv of experiment=long_schedule with
+#    speed=gpu_fast for $EPOCHS epochs (default 200; 100 when under 400 s are left; a speed check,
+#    not the recipe's 1000), the five runs sharing the GPU (hydra/launcher=shared_gpu), timed,
+#    with each fold's final accuracy; skipped when too little time is left.
 #
 # Data: $ESC50_ROOT if set, else laid out from ../shared/esc50 (materialize.py) under $WORK.
 # GPU_CHECK_DRY=1 runs the same steps on the CPU with tiny settings (a check of the script).
@@ -74,8 +75,8 @@ if [[ $DRY == 1 ]]; then
   SWEEP_JOBS=2
 else
   DEVICE=cuda
-  BENCH_ARGS=(--models cnn8,vgg8 --steps 20 --repeats 3)
-  SWEEP_ARGS=(model=cnn8 data.fold=1,2,3,4,5 callbacks.progress_bar=null)
+  BENCH_ARGS=(--models cnn8,experiment=long_schedule --steps 20 --repeats 3)
+  SWEEP_ARGS=(experiment=long_schedule data.fold=1,2,3,4,5 callbacks.progress_bar=null)
   SWEEP_JOBS=5
 fi
 
