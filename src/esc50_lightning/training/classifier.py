@@ -74,7 +74,11 @@ class AudioClassifier(L.LightningModule):
         # ModuleDict keys cannot be "train" (an nn.Module method): key by "<stage>_".
         self.metrics = nn.ModuleDict({f"{s}_": classification_metrics(n) for s in ("train", "val", "test")})
         self.losses = nn.ModuleDict({f"{s}_": MeanMetric() for s in ("train", "val", "test")})
-        self.confusion = MulticlassConfusionMatrix(n)
+        self.confusion = MulticlassConfusionMatrix(n, validate_args=False)
+        # The epoch's training losses, batch sizes, predictions and labels, kept on the device and
+        # counted into the metrics at its end, once: each update reads something back on the
+        # host (the loss's NaN check, bincount's size), which on a GPU is a sync per step.
+        self._train_steps: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
         self.history: list[dict[str, float]] = []  # one entry per validation epoch
         self.test_results: dict[str, float] = {}
         self.run_info: dict[str, Any] = {}  # config and data description, saved in checkpoints
@@ -129,8 +133,7 @@ class AudioClassifier(L.LightningModule):
         else:
             logits = self(x)
             loss = self._loss(logits, y)
-        self.losses["train_"].update(loss.detach(), weight=x.shape[0])
-        self.metrics["train_"].update(logits.detach(), y)
+        self._train_steps.append((loss.detach(), x.shape[0], logits.detach().argmax(dim=1), y))
         return loss
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -168,8 +171,19 @@ class AudioClassifier(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
+        self._train_steps = []
+
+    def count_train_steps(self) -> None:
+        """Count the epoch's training steps into its loss and metrics, all at once."""
+        if self._train_steps:
+            losses, sizes, predictions, labels = zip(*self._train_steps, strict=True)
+            weights = torch.tensor(sizes, dtype=torch.float32, device=losses[0].device)
+            self.losses["train_"].update(torch.stack(losses).float(), weight=weights)
+            self.metrics["train_"].update(torch.cat(predictions), torch.cat(labels))
+            self._train_steps = []
 
     def on_train_epoch_end(self) -> None:
+        self.count_train_steps()
         # Validation has run by now (Lightning 2.x): one line per epoch in train.log for `tail -f`.
         parts = [f"epoch {self.epoch}/{self.trainer.max_epochs}"]
         train = self._epoch_values("train")

@@ -102,11 +102,15 @@ def ema_multi_avg_fn(decay: float = 0.998) -> Callable[[list[Tensor], list[Tenso
     @torch.no_grad()
     def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
         # AveragedModel copies the first weights itself and calls this from then on, with the
-        # tensors grouped by device and dtype; num_averaged counts the updates before this one
-        # (reading it is one host sync per step on a GPU).
-        n = int(num_averaged)
+        # tensors grouped by device and dtype; num_averaged counts the updates before this one.
+        # The step's weight is computed where the count is, never read on the host: a read
+        # would make the CPU wait for the GPU at every step.
         if averaged[0].is_floating_point() or averaged[0].is_complex():
-            torch._foreach_lerp_(averaged, current, (1.0 - decay) / (1.0 - decay ** (n + 1)))
+            count = num_averaged.to(torch.float32 if num_averaged.device.type == "mps" else torch.float64)
+            weight = ((1.0 - decay) / (1.0 - torch.pow(decay, count + 1))).to(averaged[0].dtype)
+            step = torch._foreach_sub(current, averaged)
+            torch._foreach_mul_(step, weight)
+            torch._foreach_add_(averaged, step)
         else:  # integer buffers (BatchNorm's num_batches_tracked): a count, not a weight
             torch._foreach_copy_(averaged, current)
 
