@@ -34,7 +34,8 @@ def test_fastpath_bench_prints_a_row_per_model_and_path(
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[2] == batch
         assert all(number.match(c) for c in [cells[4], cells[5], cells[7], cells[8], cells[11]]), cells
-        assert cells[6].endswith("(derived)") and cells[9] == cells[10] == "n/a"  # CPU: no peak, no profiler
+        # CPU: no peak, no profiler, no CUDA sync counter
+        assert cells[6].endswith("(derived)") and cells[9] == cells[10] == cells[12] == "n/a"
     raw = json.loads(out.read_text())
     assert raw["train_clips"] == 200 and set(raw["models"]["cnn4"]) == {"today", "resident", "fast"}
     # a recipe's row: its vgg8 on its 56x200 crops, between-class mixing and time stretch included

@@ -28,6 +28,7 @@ import json
 import os
 import statistics
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -37,12 +38,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from esc50_lightning.bench.pipeline import cycle, machine_info, timed_call, to_device
 from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.factory import build_logmel, build_module
+from esc50_lightning.training.ema import count_on_host
 from esc50_lightning.training.precision import cpu_has_native_bf16
 
 MODELS = ("cnn8", "vgg8")
@@ -110,6 +113,11 @@ class TrainPath:
         self.compile = fast and wanted
         self.module = build_module(cfg, dm.class_names, build_logmel(cfg)).to(device).train()
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=3e-4)
+        # A recipe with callbacks=ema updates its average after every step: so does its path here.
+        self.ema: AveragedModel | None = None
+        if cfg.get("callbacks") and cfg.callbacks.get("ema"):
+            multi_avg_fn = instantiate(cfg.callbacks.ema.multi_avg_fn)
+            self.ema = count_on_host(AveragedModel(self.module, multi_avg_fn=multi_avg_fn, use_buffers=True))
         self.dm = dm
         dm.batch_size = self.batch_size
         self._batches = cycle(self)
@@ -143,6 +151,8 @@ class TrainPath:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.module)
         return int(batch["y"].shape[0])
 
     def flops_per_sample(self) -> float:
@@ -182,6 +192,23 @@ def busy_share(path: TrainPath, steps: int) -> float | None:
         return None
 
 
+def host_syncs(path: TrainPath, steps: int = 3) -> float | None:
+    """Host syncs per train step (CUDA's sync debug mode counts them; GPU only). Each one makes
+    the CPU wait for the GPU, which then idles while the CPU queues the next kernels."""
+    if path.device.type != "cuda":
+        return None
+    torch.cuda.synchronize(path.device)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(steps):
+                path.step(path.data())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
+
+
 def measure(path: TrainPath, args: argparse.Namespace, train_clips: int) -> dict[str, Any]:
     result: dict[str, Any] = {
         "batch": path.batch_size,
@@ -209,6 +236,7 @@ def measure(path: TrainPath, args: argparse.Namespace, train_clips: int) -> dict
     result["epoch_s"] = epoch_s if measure_epoch else train_clips / result["samples_per_s"]
     result["epoch_measured"] = measure_epoch
     result["busy_share"] = busy_share(path, args.steps)
+    result["host_syncs_per_step"] = host_syncs(path)
     return result
 
 
@@ -229,8 +257,8 @@ def render(results: dict[str, Any]) -> str:
         "channels_last, compile on a GPU)",
         "",
         "| model | path | batch | precision | samples/s | × today | epoch s | GFLOP/sample | TFLOP/s "
-        "| % of peak | GPU busy | data share |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| % of peak | GPU busy | data share | syncs/step |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model, paths in results["models"].items():
         today = paths["today"]["samples_per_s"]
@@ -238,18 +266,20 @@ def render(results: dict[str, Any]) -> str:
             tflops = r["flops_per_sample"] * r["samples_per_s"] / 1e12
             epoch = f"{r['epoch_s']:.2f}" + ("" if r["epoch_measured"] else " (derived)")
             busy = "n/a" if r["busy_share"] is None else f"{100 * r['busy_share']:.1f} %"
+            syncs = r.get("host_syncs_per_step")
             lines.append(
                 f"| {model} | {name} | {r['batch']} | {r['precision']} | {r['samples_per_s']:,.1f} "
                 f"| {r['samples_per_s'] / today:.2f}× | {epoch} | {r['flops_per_sample'] / 1e9:.2f} "
                 f"| {tflops:.3f} | {f'{100 * tflops / peak:.2f} %' if peak else 'n/a'} | {busy} "
-                f"| {100 * r['data_share']:.1f} % |"
+                f"| {100 * r['data_share']:.1f} % | {'n/a' if syncs is None else f'{syncs:g}'} |"
             )
     lines += [
         "",
         "samples/s: whole train steps (next batch, frontend, forward, loss, backward, Adam). Epoch: one pass "
         "over the training clips (derived = clips / samples/s). TFLOP/s: FLOPs of one eager step "
         "(FlopCounterMode) × steps/s. GPU busy: kernel time / wall time under torch.profiler. Data share: "
-        "the batch and frontend alone / a whole step.",
+        "the batch and frontend alone / a whole step. Syncs/step: host reads of GPU tensors per step (CUDA's "
+        "sync debug mode), each a wait for the GPU. A recipe with an EMA updates it after every step.",
     ]
     if results.get("resident_gb") is not None:
         lines.append(f"Device-resident data: {results['resident_gb']:.2f} GB on {m['device']}.")

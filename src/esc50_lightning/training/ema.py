@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging as LightningWeightAveraging
+from torch.optim.swa_utils import AveragedModel
+
+
+def count_on_host(average: AveragedModel) -> AveragedModel:
+    """``average`` with its update count (``n_averaged``) on the host, where torch's branches on
+    it at every update cost no GPU sync. A fresh count is 0; a resumed run loads its count into
+    this buffer afterwards."""
+    average.n_averaged = torch.zeros_like(average.n_averaged, device="cpu")  # replaces the buffer
+    return average
 
 
 class WeightAveraging(LightningWeightAveraging):
@@ -23,7 +30,5 @@ class WeightAveraging(LightningWeightAveraging):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        average: Any = self._average_model
-        if average is not None:
-            # A fresh count is 0; a resumed run loads its count into this buffer afterwards.
-            average.n_averaged = torch.zeros_like(average.n_averaged, device="cpu")
+        if self._average_model is not None:
+            count_on_host(self._average_model)
