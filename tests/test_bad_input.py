@@ -163,6 +163,11 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
             ["augmentation.freq_mixstyle=0.4"],
             "error: augmentation.freq_mixstyle=0.4 must be null or {_target_:",
         ),
+        (
+            ["experiment=long_schedule", "callbacks=default"],
+            "error: callbacks.ema: settings for a callback callbacks=default does not have (a recipe set "
+            "callbacks.ema.*): choose callbacks=ema, or drop them with '~callbacks.ema'",
+        ),
     ],
 )
 def test_config_mistakes(esc50_root: Path, tmp_path: Path, overrides: list[str], message: str) -> None:

@@ -50,9 +50,23 @@ def check_train_config(cfg: DictConfig) -> None:
             cfg.trainer.sync_batchnorm = False
     use_native_precision(cfg, on_cpu)
     check_device_resident(cfg)
+    check_callbacks(cfg)
     check_loggers(cfg)
     check_early_stopping(cfg)
     check_search(cfg)
+
+
+def check_callbacks(cfg: DictConfig) -> None:
+    """A callback entry without ``_target_``: settings for a callback the chosen group lacks
+    (a recipe's ``callbacks.ema.*`` under ``callbacks=default``), which would otherwise reach
+    Lightning as a plain dict and fail with a riddle."""
+    for key, entry in (cfg.get("callbacks") or {}).items():
+        if entry and "_target_" not in entry:
+            raise UserError(
+                f"callbacks.{key}: settings for a callback callbacks={_choice('callbacks', 'default')} "
+                f"does not have (a recipe set callbacks.{key}.*): choose callbacks={key}, or drop them "
+                f"with '~callbacks.{key}'"
+            )
 
 
 def check_device_resident(cfg: DictConfig) -> None:
