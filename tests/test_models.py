@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from esc50_lightning.errors import UserError
 from esc50_lightning.models import CNN4, CNN8, VGG8, ResNet18
@@ -84,3 +85,24 @@ def test_input_bn_normalises_every_mel_row_on_its_own():
         net(torch.randn(2, 1, 7, 50))
     with pytest.raises(UserError, match=r"number of mel rows .* not true"):
         InputNorm(True)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 25), (2, 3, 8, 24), (2, 3, 7, 24), (2, 3, 8, 25), (1, 1, 1, 1)])
+def test_vgg_pooling_is_ceil_mode_average_pooling(shape):
+    """vgg8's pooling (AvgPool2x2, which avoids a NaN-gradient bug of compiled ceil-mode pooling
+    in bf16) computes what nn.AvgPool2d(2, ceil_mode=True) does, forward and backward, so
+    checkpoints trained with either score the same."""
+    from esc50_lightning.models.blocks import AvgPool2x2
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape, requires_grad=True)
+    reference = x.detach().clone().requires_grad_()
+    out, expected = AvgPool2x2()(x), nn.AvgPool2d(2, ceil_mode=True)(reference)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(x.grad, reference.grad, rtol=0, atol=1e-6)
+    if shape == (2, 3, 8, 25):  # by hand: the odd last column averages its own two rows, no zeros
+        last = x.detach()[..., 24]
+        torch.testing.assert_close(out.detach()[..., 12], (last[..., 0::2] + last[..., 1::2]) / 2)

@@ -70,6 +70,11 @@ def test_the_shipped_recipe_composes_the_config_the_shipped_model_trained_with()
     assert ours.pop("data.device_resident") is False and ours.pop("optim.lr_scaling") is None
     assert ours.pop("optim.reference_batch_size") == theirs["data.batch_size"] == 32
     assert theirs["augmentation.spec_augment.freq_mask_width"] == 8
+    # new since 1.0: test-time averaging, off (one cut per clip)
+    assert ours.pop("features.eval_crops") == 1
+    # the EMA callback: Lightning's, keeping its update count on the host (same class name and state)
+    assert theirs.pop("callbacks.ema._target_") == "lightning.pytorch.callbacks.WeightAveraging"
+    assert ours.pop("callbacks.ema._target_") == "esc50_lightning.training.ema.WeightAveraging"
     differ = {
         k: (theirs.get(k), ours.get(k)) for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)
     }

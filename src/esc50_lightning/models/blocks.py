@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from esc50_lightning.errors import UserError
@@ -58,13 +59,31 @@ class ClassifierHead(nn.Module):
         return self.fc(self.dropout(x))
 
 
+class AvgPool2x2(nn.Module):
+    """2x2 average pooling that keeps an odd last row or column, averaged on its own: what
+    ``nn.AvgPool2d(2, ceil_mode=True)`` computes, here as a copy of that edge (so each of its
+    windows averages its own values twice) and plain 2x2 pooling.
+
+    Why not ceil_mode: under ``torch.compile`` with bf16 autocast (torch 2.11, CPU), the
+    backward of ceil-mode windows hanging over the edge returns NaN gradients, and every
+    odd-sized map (7x25 after three poolings of a 56x200 crop) has them.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch.cat rather than F.pad(mode="replicate"), whose backward inductor mis-strides
+        # for channels_last inputs
+        if x.shape[-2] % 2:
+            x = torch.cat([x, x[..., -1:, :]], dim=-2)
+        if x.shape[-1] % 2:
+            x = torch.cat([x, x[..., -1:]], dim=-1)
+        return F.avg_pool2d(x, 2)
+
+
 class VGGBlock(nn.Sequential):
     """Two 3x3 conv layers at full resolution, then 2x2 average pooling."""
 
     def __init__(self, in_ch: int, out_ch: int):
-        super().__init__(
-            ConvBNReLU(in_ch, out_ch), ConvBNReLU(out_ch, out_ch), nn.AvgPool2d(2, ceil_mode=True)
-        )
+        super().__init__(ConvBNReLU(in_ch, out_ch), ConvBNReLU(out_ch, out_ch), AvgPool2x2())
 
 
 class InputNorm(nn.Module):
