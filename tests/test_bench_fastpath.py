@@ -36,6 +36,7 @@ def test_fastpath_bench_prints_a_row_per_model_and_path(
         assert all(number.match(c) for c in [cells[4], cells[5], cells[7], cells[8], cells[11]]), cells
         # CPU: no peak, no profiler, no CUDA sync counter
         assert cells[6].endswith("(derived)") and cells[9] == cells[10] == cells[12] == "n/a"
+        assert 0 < float(cells[13]) < 10  # a finite loss: the path trains
     raw = json.loads(out.read_text())
     assert raw["train_clips"] == 200 and set(raw["models"]["cnn4"]) == {"today", "resident", "fast"}
     # a recipe's row: its vgg8 on its 56x200 crops, between-class mixing and time stretch included

@@ -148,6 +148,7 @@ class TrainPath:
         autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
         with autocast:
             loss = self.module.training_step(batch, 0)
+        self.last_loss = loss.detach()  # read once, after the timings: a NaN shows in the table
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -237,6 +238,7 @@ def measure(path: TrainPath, args: argparse.Namespace, train_clips: int) -> dict
     result["epoch_measured"] = measure_epoch
     result["busy_share"] = busy_share(path, args.steps)
     result["host_syncs_per_step"] = host_syncs(path)
+    result["last_loss"] = float(path.last_loss)
     return result
 
 
@@ -257,8 +259,8 @@ def render(results: dict[str, Any]) -> str:
         "channels_last, compile on a GPU)",
         "",
         "| model | path | batch | precision | samples/s | × today | epoch s | GFLOP/sample | TFLOP/s "
-        "| % of peak | GPU busy | data share | syncs/step |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| % of peak | GPU busy | data share | syncs/step | last loss |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model, paths in results["models"].items():
         today = paths["today"]["samples_per_s"]
@@ -271,7 +273,8 @@ def render(results: dict[str, Any]) -> str:
                 f"| {model} | {name} | {r['batch']} | {r['precision']} | {r['samples_per_s']:,.1f} "
                 f"| {r['samples_per_s'] / today:.2f}× | {epoch} | {r['flops_per_sample'] / 1e9:.2f} "
                 f"| {tflops:.3f} | {f'{100 * tflops / peak:.2f} %' if peak else 'n/a'} | {busy} "
-                f"| {100 * r['data_share']:.1f} % | {'n/a' if syncs is None else f'{syncs:g}'} |"
+                f"| {100 * r['data_share']:.1f} % | {'n/a' if syncs is None else f'{syncs:g}'} "
+                f"| {r['last_loss']:.3f} |"
             )
     lines += [
         "",
@@ -279,7 +282,8 @@ def render(results: dict[str, Any]) -> str:
         "over the training clips (derived = clips / samples/s). TFLOP/s: FLOPs of one eager step "
         "(FlopCounterMode) × steps/s. GPU busy: kernel time / wall time under torch.profiler. Data share: "
         "the batch and frontend alone / a whole step. Syncs/step: host reads of GPU tensors per step (CUDA's "
-        "sync debug mode), each a wait for the GPU. A recipe with an EMA updates it after every step.",
+        "sync debug mode), each a wait for the GPU. A recipe with an EMA updates it after every step. Last "
+        "loss: the loss of the last step measured (nan: this path does not train).",
     ]
     if results.get("resident_gb") is not None:
         lines.append(f"Device-resident data: {results['resident_gb']:.2f} GB on {m['device']}.")
