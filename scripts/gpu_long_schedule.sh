@@ -7,9 +7,11 @@
 #     folds 1 and 3, 4 trials sharing the GPU) until the budget is spent, then stops it (SIGTERM:
 #     the trial under way is asked again next time). The study travels in the repository:
 #     docs/results/long-schedule/search/optuna.db is copied in first and the grown study comes
-#     back as $OUT/search/optuna.db, with the search report (search.md, trials, history). Commit
-#     it to continue in the next GPU session. When the study has its trials, copy the best
-#     settings (search.md) into conf/experiment/long_schedule.yaml.
+#     back as $OUT/search/optuna.db, with the search report (search.md, trials, history) and
+#     $OUT/tta.md (scripts/compare_tta.py: the best local trial's runs scored on their validation
+#     folds with the whole clip and with five cuts averaged). Commit the study to continue in
+#     the next GPU session. When it has its trials, copy the best settings (search.md) into
+#     conf/experiment/long_schedule.yaml.
 #   LONG_STEP=cv bash scripts/gpu_long_schedule.sh
 #     The recipe (RECIPE, default experiment=long_schedule) over folds 1-5 and seeds 1 and 2 from
 #     one command, five runs at a time on the GPU (hydra/launcher=shared_gpu), timed; the
@@ -77,13 +79,18 @@ search)
   export ESC50_OUTPUTS=$WORK/outputs  # the search's own log folder; trials live under $SWEEP
   STATUS=0
   # SIGTERM reaches the search, which passes it on to its trials; the unfinished one is asked again.
-  timeout --signal=TERM --kill-after=30 $(($(left) - 60)) $PY train.py "${RECIPE[@]}" data.protocol=holdout \
+  # 150 s are kept for the report and the test-time averaging comparison below
+  timeout --signal=TERM --kill-after=30 $(($(left) - 150)) $PY train.py "${RECIPE[@]}" data.protocol=holdout \
     "${COMMON[@]}" "${SPACE[@]}" "hparams_search.dir=$SWEEP" >"$OUT/search.log" 2>&1 || STATUS=$?
   note "search ended: exit $STATUS ($([[ $STATUS == 124 ]] && echo 'budget spent, to be continued' || echo finished))"
   $PY -m esc50_lightning.report "$SWEEP" >"$OUT/search_report.md" 2>>"$OUT/progress.log" || note "report failed"
   mkdir -p "$OUT/search"
   cp "$SWEEP/optuna.db" "$OUT/search/" 2>/dev/null || note "no study written"
   cp "$SWEEP"/report/* "$SWEEP"/best.yaml "$OUT/search/" 2>/dev/null || true
+  # test-time averaging against the whole clip, on the best local trial's validation folds
+  timeout $(($(left) > 20 ? $(left) - 10 : 10)) $PY scripts/compare_tta.py "$SWEEP" "$WORK/tta" >"$OUT/tta.md" \
+    2>>"$OUT/progress.log" || note "test-time averaging comparison incomplete"
+  cat "$OUT/tta.md"
   ;;
 cv)
   RECIPE=${RECIPE:-experiment=long_schedule}
