@@ -21,52 +21,15 @@
 # one call fits a 10-minute command limit. With less than that per command, run the two halves as
 # two calls on the same (warm) machine: GPU_CHECK_STEPS=bench, then GPU_CHECK_STEPS=sweep; the
 # data and cache under $WORK are reused.
-set -euo pipefail
-
-cd "$(dirname "$0")/.."
-REPO=$PWD
-OUT=${OUT:-$REPO/gpu_check_out}
-WORK=${WORK:-/tmp/esc50-gpu-check}
-PY=${PYTHON:-python}
-DRY=${GPU_CHECK_DRY:-0}
+TAG=gpu_check
+OUT_NAME=gpu_check_out
+WORK_DEFAULT=/tmp/esc50-gpu-check
 BUDGET=${GPU_CHECK_BUDGET_S:-540}  # stop starting steps past this many seconds
+source "$(dirname "$0")/gpu_common.sh"
+DRY=${GPU_CHECK_DRY:-0}
 STEPS=${GPU_CHECK_STEPS:-bench sweep}
 EPOCHS=${EPOCHS:-}  # default: 200, or 100 when the sweep starts with under 400 s left
-mkdir -p "$OUT" "$WORK"
-export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
-export ESC50_CACHE=${ESC50_CACHE:-$WORK/cache}
 export ESC50_OUTPUTS=$WORK/outputs
-SECONDS=0
-
-note() { echo "[gpu_check ${SECONDS}s] $*" | tee -a "$OUT/progress.log"; }
-left() { echo $((BUDGET - SECONDS)); }
-
-# ---- 1. environment ---------------------------------------------------------------------------
-{
-  date -u
-  nvidia-smi 2>&1 || echo "nvidia-smi: not available"
-  $PY - <<'EOF' 2>&1 || true
-import torch, lightning
-from esc50_lightning.training.gpu_share import mps_daemon_status
-print("torch", torch.__version__, "lightning", lightning.__version__, "cuda", torch.cuda.is_available())
-if torch.cuda.is_available():
-    print("device", torch.cuda.get_device_name(0))
-print(mps_daemon_status())
-EOF
-} >"$OUT/env.txt"
-note "environment written"
-if ! $PY -c "import esc50_lightning, torch, hydra" 2>>"$OUT/progress.log"; then
-  note "the Python environment cannot import esc50_lightning, torch and hydra: stopping"
-  exit 1
-fi
-
-# ---- data ------------------------------------------------------------------------------------
-if [[ -z "${ESC50_ROOT:-}" ]]; then
-  export ESC50_ROOT=$WORK/ESC-50
-  note "laying out ESC-50 in $ESC50_ROOT"
-  timeout 300 $PY ../shared/esc50/materialize.py "$ESC50_ROOT" >>"$OUT/progress.log" 2>&1
-fi
-note "data at $ESC50_ROOT"
 
 if [[ $DRY == 1 ]]; then
   DEVICE=cpu

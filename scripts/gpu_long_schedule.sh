@@ -21,36 +21,16 @@
 # a continuation with other overrides). LONG_DRY=1 runs the plumbing on the CPU with a small space
 # and tiny runs (a check of the script, not of the recipe). LONG_BUDGET_S (default 540) is the
 # time after which the step is stopped.
-set -euo pipefail
-
-cd "$(dirname "$0")/.."
-REPO=$PWD
-OUT=${OUT:-$REPO/gpu_long_out}
-WORK=${WORK:-/tmp/esc50-gpu-long}
-PY=${PYTHON:-python}
-DRY=${LONG_DRY:-0}
+TAG=gpu_long
+OUT_NAME=gpu_long_out
+WORK_DEFAULT=/tmp/esc50-gpu-long
 BUDGET=${LONG_BUDGET_S:-540}
+source "$(dirname "$0")/gpu_common.sh"
+DRY=${LONG_DRY:-0}
 STEP=${LONG_STEP:-search}
 STATE=$REPO/docs/results/long-schedule/search
-mkdir -p "$OUT" "$WORK"
-export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
-export ESC50_CACHE=${ESC50_CACHE:-$WORK/cache}
-SECONDS=0
 
-note() { echo "[gpu_long ${SECONDS}s] $*" | tee -a "$OUT/progress.log"; }
-left() { echo $((BUDGET - SECONDS)); }
-
-{
-  date -u
-  nvidia-smi 2>&1 || echo "nvidia-smi: not available"
-  git -C "$REPO" log -1 --format='commit %H %s' 2>/dev/null || true
-} >"$OUT/env.txt"
-
-if [[ -z "${ESC50_ROOT:-}" ]]; then
-  export ESC50_ROOT=$WORK/ESC-50
-  [[ -f $ESC50_ROOT/meta/esc50.csv ]] || timeout 300 $PY ../shared/esc50/materialize.py "$ESC50_ROOT" >>"$OUT/progress.log" 2>&1
-fi
-note "data at $ESC50_ROOT; step $STEP; budget ${BUDGET}s"
+note "step $STEP; budget ${BUDGET}s"
 if (($(left) < 180)); then
   note "under 180 s of the budget left: nothing started"
   exit 0
