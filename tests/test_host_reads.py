@@ -77,3 +77,21 @@ def test_the_long_schedule_step_reads_nothing_back(waves: torch.Tensor, refuse_h
     by_hand = sum(float(loss) * size for loss, size, _, _ in steps) / (CLIPS + 5)
     assert float(module.losses["train_"].compute()) == pytest.approx(by_hand, rel=1e-6)
     assert int(ema.n_averaged) == 3
+
+
+def test_an_epoch_with_non_finite_losses_says_so(caplog) -> None:
+    """torchmetrics drops NaN losses from the epoch's mean; the log says how many steps had one."""
+    import logging
+
+    cfg = compose_config("model=cnn4")
+    module = build_module(cfg, [f"c{i}" for i in range(50)]).train()
+    y = torch.arange(4)
+    module._train_steps = [
+        (torch.tensor(2.0), 4, y, y),
+        (torch.tensor(float("nan")), 4, y, y),
+        (torch.tensor(4.0), 2, y[:2], y[:2]),
+    ]
+    with caplog.at_level(logging.WARNING, logger="esc50_lightning.training.classifier"):
+        module.count_train_steps()
+    assert "epoch 1: 1 of 3 training steps had a non-finite loss (left out of train/loss)" in caplog.text
+    assert float(module.losses["train_"].compute()) == pytest.approx((2.0 * 4 + 4.0 * 2) / 6)

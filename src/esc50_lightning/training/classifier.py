@@ -177,8 +177,19 @@ class AudioClassifier(L.LightningModule):
         """Count the epoch's training steps into its loss and metrics, all at once."""
         if self._train_steps:
             losses, sizes, predictions, labels = zip(*self._train_steps, strict=True)
-            weights = torch.tensor(sizes, dtype=torch.float32, device=losses[0].device)
-            self.losses["train_"].update(torch.stack(losses).float(), weight=weights)
+            values = torch.stack(losses).float()
+            weights = torch.tensor(sizes, dtype=torch.float32, device=values.device)
+            # torchmetrics leaves non-finite losses out of the mean with a generic warning: say
+            # here how many steps diverged, or a NaN run reads like a training one
+            bad = int((~torch.isfinite(values)).sum())
+            if bad:
+                log.warning(
+                    "epoch %d: %d of %d training steps had a non-finite loss (left out of train/loss)",
+                    self.epoch,
+                    bad,
+                    len(values),
+                )
+            self.losses["train_"].update(values, weight=weights)
             self.metrics["train_"].update(torch.cat(predictions), torch.cat(labels))
             self._train_steps = []
 
