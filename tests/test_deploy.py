@@ -151,16 +151,38 @@ def test_build_sets_the_cut_eval_scores_and_eval_can_override_it(
 
 
 # ---- ensembles ----------------------------------------------------------------------------------
-def _perturbed_copy(src: Path, dst: Path, **data_changes) -> Path:
-    """A second "trained" member: the same checkpoint with noise on its network weights."""
+def _perturbed_copy(src: Path, dst: Path, features: dict | None = None, **data_changes) -> Path:
+    """A second "trained" member: the same checkpoint with noise on its network weights (and its
+    recorded features config replaced by ``features``, if given)."""
     ckpt = torch.load(src, map_location="cpu", weights_only=False)
     generator = torch.Generator().manual_seed(0)
     for key, value in ckpt["state_dict"].items():
         if key.startswith("net.") and value.is_floating_point() and value.dim() > 1:
             value.add_(0.5 * value.std() * torch.randn(value.shape, generator=generator))
     ckpt["esc50"]["data"].update(data_changes)
+    if features is not None:
+        ckpt["esc50"]["config"]["features"] = features
     torch.save(ckpt, dst)
     return dst
+
+
+def test_ensemble_of_members_from_before_and_after_a_new_features_key(trained: dict, tmp_path: Path, capsys):
+    """A checkpoint written before ``features.eval_crops`` existed has the same frontend as one
+    recording ``eval_crops: 1``: they ensemble. One scoring three cuts per clip does not."""
+    first = trained["ckpt"]
+    recorded = torch.load(first, map_location="cpu", weights_only=False)["esc50"]["config"]["features"]
+    assert recorded["eval_crops"] == 1
+    older = {k: v for k, v in recorded.items() if k != "eval_crops"}
+    before = _perturbed_copy(first, tmp_path / "before.ckpt", features=older)
+    pack.main([str(first), str(before), str(tmp_path / "ensemble.ckpt")])
+    assert (tmp_path / "ensemble.ckpt").is_file()
+    three = _perturbed_copy(first, tmp_path / "three.ckpt", features={**recorded, "eval_crops": 3})
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        pack.main([str(first), str(three), str(tmp_path / "refused.ckpt")])
+    assert exit_info.value.code == 2
+    assert "its features config differs" in capsys.readouterr().err
+    assert not (tmp_path / "refused.ckpt").exists()
 
 
 def test_ensemble_checkpoint_averages_member_probabilities(trained: dict, tmp_path: Path) -> None:

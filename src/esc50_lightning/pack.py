@@ -80,6 +80,16 @@ def parse_crop(text: str) -> list[CropSize] | None:
 _SHARED_DATA = ("dataset", "fold", "protocol", "splits", "class_names", "sample_rate", "clip_seconds")
 
 
+# Features keys added since checkpoints were first written, with the value older ones mean.
+_LATER_FEATURES = {"eval_crops": 1}
+
+
+def _frontend(features: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's features config with the keys added since it was written at their defaults,
+    so members from before and after compare equal when their frontends are."""
+    return {**_LATER_FEATURES, **features}
+
+
 def ensemble_checkpoint(srcs: list[str | Path], dst: str | Path, half: bool = True) -> Path:
     """One checkpoint that averages the class probabilities of several trained checkpoints.
 
@@ -98,7 +108,7 @@ def ensemble_checkpoint(srcs: list[str | Path], dst: str | Path, half: bool = Tr
                     f"{src}: data {key} {info['data'].get(key)!r} differs from {srcs[0]}'s "
                     f"{first['data'].get(key)!r}; ensemble members must share folds and classes"
                 )
-        if info["config"]["features"] != first["config"]["features"]:
+        if _frontend(info["config"]["features"]) != _frontend(first["config"]["features"]):
             raise UserError(
                 f"{src}: its features config differs from {srcs[0]}'s; members must share one frontend"
             )
