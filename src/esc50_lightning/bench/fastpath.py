@@ -41,7 +41,7 @@ from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from esc50_lightning.bench.pipeline import cycle, machine_info, timed_call, to_device
+from esc50_lightning.bench.pipeline import cycle, machine_info, prepare, timed_call, to_device
 from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.factory import build_logmel, build_module
@@ -365,10 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def go() -> None:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        if not args.root or not (Path(args.root) / "meta" / "esc50.csv").is_file():
-            raise UserError(f"--root {args.root}: no meta/esc50.csv there; set ESC50_ROOT or --root")
+        prepare(args)
         for name in args.models.split(","):
             if name.startswith("experiment="):
                 recipe = name.split("=", 1)[1]

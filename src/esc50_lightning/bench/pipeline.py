@@ -469,6 +469,15 @@ def bench_device(args: argparse.Namespace) -> torch.device:
     return device
 
 
+def prepare(args: argparse.Namespace) -> None:
+    """What every benchmark does first: its thread count, and a one-line refusal of a folder
+    without the dataset (``--root``)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.root or not (Path(args.root) / "meta" / "esc50.csv").is_file():
+        raise UserError(f"--root {args.root}: no meta/esc50.csv there; set ESC50_ROOT or --root")
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     device = bench_device(args)
     mode = mode_for(args, device)
@@ -575,10 +584,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def run() -> None:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        if not args.root or not (Path(args.root) / "meta" / "esc50.csv").is_file():
-            raise UserError(f"--root {args.root}: no meta/esc50.csv there; set ESC50_ROOT or --root")
+        prepare(args)
         if args.startup:
             startup_child(args)
             return

@@ -137,22 +137,14 @@ class FeatureExtractor(nn.Module):
         self.time_stretch = None if time_stretch is None else _rate_range(time_stretch)
         self.input_shape = (logmel.n_mels, logmel.frames(clip_samples))
         self.crop = resolve_crop(crop, self.input_shape)
-        self.eval_crops = 1
-        self.set_eval_crop(crop if eval_crop == SAME_AS_CROP else eval_crop)
-        self.set_eval_crops(eval_crops)
+        self.set_eval_crop(crop if eval_crop == SAME_AS_CROP else eval_crop, eval_crops)
 
-    def set_eval_crop(self, eval_crop: Sequence[CropSize] | None) -> None:
-        """The centred ``[mels, frames]`` cut scored in evaluation (``resolve_crop``'s rules)."""
+    def set_eval_crop(self, eval_crop: Sequence[CropSize] | None, crops: int | None = None) -> None:
+        """The centred ``[mels, frames]`` cut scored in evaluation (``resolve_crop``'s rules) and,
+        unless ``crops`` is None (keep the current count), how many such cuts per clip, evenly
+        spaced in time, their logits averaged; the two are checked together."""
         eval_crop = resolve_crop(eval_crop, self.input_shape, key="features.eval_crop")
-        self._check_eval_crops(self.eval_crops, eval_crop)
-        self.eval_crop = eval_crop
-
-    def set_eval_crops(self, count: int) -> None:
-        """How many cuts of ``eval_crop``'s size evaluation scores per clip (logits averaged)."""
-        self._check_eval_crops(count, self.eval_crop)
-        self.eval_crops = int(count)
-
-    def _check_eval_crops(self, count: object, eval_crop: tuple[int, int] | None) -> None:
+        count = self.eval_crops if crops is None else crops
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise UserError(f"features.eval_crops={count} must be a whole number of cuts, 1 or more")
         mels, frames = self.input_shape if eval_crop is None else eval_crop
@@ -162,6 +154,7 @@ class FeatureExtractor(nn.Module):
                 f"(it is all {frames} frames, so every cut would be the same): set e.g. "
                 f"features.eval_crop=[{mels},{self.output_shape[1]}], or features.eval_crops=1"
             )
+        self.eval_crop, self.eval_crops = eval_crop, count
 
     def pool(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits of the ``eval_crops`` cuts of each clip averaged to one row per clip (in

@@ -51,13 +51,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(str(cfg.ckpt_path)).expanduser().resolve()
     run_dir = Path(cfg.paths.output_dir)
     module, info = load_classifier(ckpt_path)
-    crops = cfg.get("eval_crops", KEEP_EVAL_CROP)
-    if crops != KEEP_EVAL_CROP:
-        module.features.eval_crops = 1  # checked below, together with the cut
-    if cfg.get("eval_crop", KEEP_EVAL_CROP) != KEEP_EVAL_CROP:
-        module.features.set_eval_crop(crop_from_config(cfg.eval_crop))
-    if crops != KEEP_EVAL_CROP:
-        module.features.set_eval_crops(crops)
+    crop, crops = cfg.get("eval_crop", KEEP_EVAL_CROP), cfg.get("eval_crops", KEEP_EVAL_CROP)
+    if (crop, crops) != (KEEP_EVAL_CROP, KEEP_EVAL_CROP):
+        module.features.set_eval_crop(
+            module.features.eval_crop if crop == KEEP_EVAL_CROP else crop_from_config(crop),
+            None if crops == KEEP_EVAL_CROP else crops,
+        )
     trained = info["data"]
     fold = int(trained["splits"]["test"][0] if cfg.data.fold is None else cfg.data.fold)
     seen = seen_folds(trained)
