@@ -10,6 +10,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from esc50_lightning.errors import UserError
+from esc50_lightning.training.ema import count_on_host
 from esc50_lightning.training.schedules import ema_multi_avg_fn
 
 
@@ -20,10 +21,15 @@ class Tiny(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
 
-def test_average_is_the_bias_corrected_exponential_mean_of_the_weights_seen() -> None:
+@pytest.mark.parametrize("host_count", [False, True], ids=["torch's AveragedModel", "count on the host"])
+def test_average_is_the_bias_corrected_exponential_mean_of_the_weights_seen(host_count: bool) -> None:
+    """Both ways of counting give the same average: torch's (the count a device tensor) and
+    ``count_on_host``'s (a host integer, what the callback uses)."""
     decay = 0.9
     model = Tiny()
     average = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+    if host_count:
+        average = count_on_host(average)
     values = [3.0, -1.0, 4.0, 1.0, 5.0]
     for t, value in enumerate(values):
         model.w.data.fill_(value)
@@ -35,6 +41,7 @@ def test_average_is_the_bias_corrected_exponential_mean_of_the_weights_seen() ->
         assert average.module.count.item() == 10 * (t + 1)  # a count is copied, not averaged
     # By hand after two updates: (0.9 * 3 + 1 * -1) / (0.9 + 1).
     first_two = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+    first_two = count_on_host(first_two) if host_count else first_two
     for value in (3.0, -1.0):
         model.w.data.fill_(value)
         first_two.update_parameters(model)

@@ -9,8 +9,11 @@ import torch
 from helpers import compose_config
 from hydra.utils import instantiate
 from torch.optim.swa_utils import AveragedModel
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from esc50_lightning.factory import build_module
+from esc50_lightning.training.ema import count_on_host
 
 # `waves` (conftest): the first clip of eight classes, 5 s at 44.1 kHz.
 CLIPS = 8
@@ -42,7 +45,7 @@ def test_the_long_schedule_step_reads_nothing_back(waves: torch.Tensor, refuse_h
     cfg = compose_config("experiment=long_schedule")
     module = build_module(cfg, [f"c{i}" for i in range(50)]).train()
     ema = AveragedModel(module, multi_avg_fn=instantiate(cfg.callbacks.ema.multi_avg_fn), use_buffers=True)
-    ema.n_averaged = torch.zeros((), dtype=torch.long)  # as the callback keeps it (tests/test_ema.py)
+    ema = count_on_host(ema)  # as the callback keeps it (tests/test_ema.py)
     ema.update_parameters(module)  # the first update copies
     labels = torch.arange(CLIPS) * 6
     reference = module.metrics["train_"].clone()
@@ -95,3 +98,50 @@ def test_an_epoch_with_non_finite_losses_says_so(caplog) -> None:
         module.count_train_steps()
     assert "epoch 1: 1 of 3 training steps had a non-finite loss (left out of train/loss)" in caplog.text
     assert float(module.losses["train_"].compute()) == pytest.approx((2.0 * 4 + 4.0 * 2) / 6)
+
+
+class HostCopies(TorchDispatchMode):
+    """Records every operation that touches tensors on the host and on another device at once:
+    a copy from the host (a blocking one, ``.to(device)``, waits on a GPU for the whole queue)
+    or host data mixed into device work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if len({t.device.type for t in tensors}) > 1:
+            self.seen.append(str(func))
+        return out
+
+
+def test_a_long_schedule_step_on_a_device_takes_nothing_from_the_host() -> None:
+    """The whole training step of experiment=long_schedule on the "meta" device, standing for a
+    GPU: the frontend's draws (crop, stretch, shift, masks, mixing partners), forward, loss,
+    backward, AdamW's step and the EMA's update. A host read fails there (meta tensors have no
+    values) and a copy from the host shows in ``HostCopies``: either is a sync per step on a GPU."""
+    cfg = compose_config("experiment=long_schedule")
+    module = build_module(cfg, [f"c{i}" for i in range(50)]).train().to("meta")
+    optimizer = module.optimizer_factory(params=module.parameters())
+    ema = count_on_host(
+        AveragedModel(module, multi_avg_fn=instantiate(cfg.callbacks.ema.multi_avg_fn), use_buffers=True)
+    )
+    ema.update_parameters(module)  # the first update copies
+    batch = {
+        "x": torch.empty(CLIPS, *module.features.input_shape, device="meta"),  # cached log-mels
+        "y": torch.zeros(CLIPS, dtype=torch.long, device="meta"),
+        "row": torch.zeros(CLIPS, dtype=torch.long, device="meta"),
+    }
+    with HostCopies() as copies:
+        for step in range(2):
+            features = module.on_after_batch_transfer(batch, 0)
+            loss = module.training_step(features, step)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            ema.update_parameters(module)
+    assert copies.seen == []
+    assert features["x"].shape == (CLIPS, 1, *module.features.output_shape)
+    assert len(module._train_steps) == 2 and int(ema.n_averaged) == 3

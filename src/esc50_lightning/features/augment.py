@@ -85,8 +85,10 @@ class FreqMixStyle(nn.Module):
             return spec
         mean = spec.mean(dim=2, keepdim=True)
         std = (spec.var(dim=2, keepdim=True) + self.eps).sqrt()
-        weight = torch.distributions.Beta(self.alpha, self.alpha).sample((spec.shape[0], 1, 1))
-        weight = weight.to(spec.device, spec.dtype)
+        # drawn on the device (a CPU draw would need a blocking copy, a sync per step on a GPU)
+        alpha = torch.full((), self.alpha, device=spec.device)
+        beta = torch.distributions.Beta(alpha, alpha, validate_args=False)  # checks read on the host
+        weight = beta.sample((spec.shape[0], 1, 1)).to(spec.dtype)
         perm = torch.randperm(spec.shape[0], device=spec.device)
         mixed_mean = weight * mean + (1 - weight) * mean[perm]
         mixed_std = weight * std + (1 - weight) * std[perm]

@@ -70,15 +70,16 @@ def cut_windows(
     batch, freq, time = x.shape
     crop_f, crop_t = size
     device = x.device
-    draws = torch.stack([off_f, off_t] if widths is None else [off_f, off_t, widths]).to(device)  # one copy
-    off_f, off_t = draws[0], draws[1]
+    if off_f.device != device:  # draws made elsewhere (tests): one copy for all of them
+        draws = torch.stack([off_f, off_t] if widths is None else [off_f, off_t, widths]).to(device)
+        off_f, off_t = draws[0], draws[1]
+        widths = None if widths is None else draws[2]
     rows = (off_f[:, None] + torch.arange(crop_f, device=device)) * time  # (B, crop_f)
     flat = x.reshape(batch, freq * time)
     frames = torch.arange(crop_t, device=device)
     if widths is None:
         index = rows[:, :, None] + (off_t[:, None] + frames)[:, None, :]
         return flat.gather(1, index.reshape(batch, -1)).view(batch, crop_f, crop_t)
-    widths = draws[2]
     # F.interpolate(linear, align_corners=False): source = (j + 0.5) * width / frames - 0.5,
     # clamped at 0; blend of floor(source) and the next frame (the last one repeats).
     scale = widths.to(torch.float32)[:, None] / crop_t
@@ -246,17 +247,17 @@ class FeatureExtractor(nn.Module):
         crop_f, crop_t = self.crop or (freq, time)
         if (crop_f, crop_t) == (freq, time) and self.time_stretch is None:
             return x
-        # Offsets and widths are drawn by the CPU generator whatever the device: a run's crops
-        # depend on its seed, not on where it trains.
-        off_f = torch.randint(0, freq - crop_f + 1, (batch,))
+        # Offsets and widths are drawn on the device, as the masks are: drawn on the CPU, they
+        # would need a copy per step, and a blocking copy makes the CPU wait for the GPU's queue.
+        device = x.device
+        off_f = torch.randint(0, freq - crop_f + 1, (batch,), device=device)
         if self.time_stretch is None:
             widths = None
-            off_t = torch.randint(0, time - crop_t + 1, (batch,))
+            off_t = torch.randint(0, time - crop_t + 1, (batch,), device=device)
         else:  # a window of rate * crop_t frames (at most the whole clip), resampled to crop_t
-            widths = (
-                torch.empty(batch).uniform_(*self.time_stretch).mul_(crop_t).round_().clamp_(1, time).long()
-            )
-            off_t = (torch.rand(batch) * (time - widths + 1)).long()
+            rates = torch.empty(batch, device=device).uniform_(*self.time_stretch)
+            widths = rates.mul_(crop_t).round_().clamp_(1, time).long()
+            off_t = (torch.rand(batch, device=device) * (time - widths + 1)).long()
         return cut_windows(x, off_f, off_t, (crop_f, crop_t), widths)
 
     def _roll(self, x: torch.Tensor) -> torch.Tensor:

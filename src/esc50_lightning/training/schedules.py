@@ -83,7 +83,7 @@ def warmup_cosine(
     return WarmupCosine(optimizer, total_steps, warmup_fraction, final_lr_fraction)
 
 
-def ema_multi_avg_fn(decay: float = 0.998) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+def ema_multi_avg_fn(decay: float = 0.998) -> Callable[[list[Tensor], list[Tensor], Tensor | int], None]:
     """Exponential moving average of the weights, bias-corrected, for ``AveragedModel``
     (Lightning's ``WeightAveraging`` callback builds one from ``multi_avg_fn``).
 
@@ -100,14 +100,18 @@ def ema_multi_avg_fn(decay: float = 0.998) -> Callable[[list[Tensor], list[Tenso
         raise UserError(f"callbacks.ema.multi_avg_fn.decay={decay}: EMA decay must be in [0, 1)")
 
     @torch.no_grad()
-    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor | int) -> None:
         # AveragedModel copies the first weights itself and calls this from then on, with the
         # tensors grouped by device and dtype; num_averaged counts the updates before this one.
         # The step's weight is computed where the count is, never read on the host: a read
         # would make the CPU wait for the GPU at every step.
         if averaged[0].is_floating_point() or averaged[0].is_complex():
-            count = num_averaged.to(torch.float32 if num_averaged.device.type == "mps" else torch.float64)
-            weight = ((1.0 - decay) / (1.0 - torch.pow(decay, count + 1))).to(averaged[0].dtype)
+            if isinstance(num_averaged, int):  # HostCountAveragedModel (training.ema): a scalar
+                weight: Tensor | float = (1.0 - decay) / (1.0 - decay ** (num_averaged + 1))
+            else:
+                dtype = torch.float32 if num_averaged.device.type == "mps" else torch.float64
+                count = num_averaged.to(dtype)
+                weight = ((1.0 - decay) / (1.0 - torch.pow(decay, count + 1))).to(averaged[0].dtype)
             step = torch._foreach_sub(current, averaged)
             torch._foreach_mul_(step, weight)
             torch._foreach_add_(averaged, step)
