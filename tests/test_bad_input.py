@@ -164,6 +164,21 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
             "error: augmentation.freq_mixstyle=0.4 must be null or {_target_:",
         ),
         (
+            ["model.net.dropout=1.5"],
+            "error: model.net (esc50_lightning.models.CNN8): dropout probability has to be between 0 and 1, "
+            "but got 1.5",
+        ),
+        (["optim.optimizer.lr=-1"], "error: optim.optimizer (torch.optim.Adam): Invalid learning rate: -1"),
+        (
+            ["experiment=vgg8_mixup", "model=resnet18"],  # the recipe's vgg8 widths
+            "error: model.net (esc50_lightning.models.ResNet18): ResNet18.__init__() got an unexpected "
+            "keyword argument 'channels'; remove it with '~model.net.channels'",
+        ),
+        (
+            ["model.net._target_=esc50_lightning.models.VGG9"],
+            "error: model.net._target_=esc50_lightning.models.VGG9 cannot be imported: check its spelling",
+        ),
+        (
             ["experiment=long_schedule", "callbacks=default"],
             "error: callbacks.ema: settings for a callback callbacks=default does not have (a recipe set "
             "callbacks.ema.*): choose callbacks=ema, or drop them with '~callbacks.ema'",

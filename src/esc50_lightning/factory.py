@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
@@ -14,15 +16,42 @@ from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel
 from esc50_lightning.features.extractor import SAME_AS_CROP
 from esc50_lightning.models.blocks import InputNorm
-from esc50_lightning.training.classifier import AudioClassifier, SchedulerFactory
+from esc50_lightning.training.classifier import AudioClassifier, OptimizerFactory, SchedulerFactory
 from esc50_lightning.training.schedules import try_schedule
 
 # ``eval_crop`` value (eval.py, build) meaning "keep the cut the checkpoint was configured with".
 KEEP_EVAL_CROP = "checkpoint"
 
 
+def instantiate_setting(node: Any, key: str, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)`` for the config entry ``key``. A constructor refusing its
+    arguments (``ValueError``, ``TypeError``) or a ``_target_`` that cannot be found is one line
+    naming the key and the target, not Hydra's multi-line report or a traceback."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if isinstance(cause, ImportError):
+            raise UserError(f"{key}._target_={target} cannot be imported: check its spelling") from err
+        if not isinstance(cause, ValueError | TypeError):
+            raise
+        raise UserError(f"{key} ({target}): {cause}{_unexpected_argument_hint(str(cause), key)}") from err
+
+
+def _unexpected_argument_hint(message: str, key: str) -> str:
+    """How to drop a setting the target does not take (often a recipe's, written for another model)."""
+    match = re.search(r"unexpected keyword argument '(\w+)'", message)
+    if not match:
+        return ""
+    name = match.group(1)
+    return f"; remove it with '~{key}.{name}' (a recipe may set it for another choice of this group)"
+
+
 def build_logmel(cfg: DictConfig) -> LogMel:
-    return instantiate(cfg.features.logmel)
+    return instantiate_setting(cfg.features.logmel, "features.logmel")
 
 
 def crop_from_config(value: Any) -> Any:
@@ -33,7 +62,7 @@ def crop_from_config(value: Any) -> Any:
 def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtractor:
     logmel = logmel or build_logmel(cfg)
     aug = cfg.augmentation
-    augment = instantiate(aug.spec_augment) if aug.spec_augment else None
+    augment = instantiate_setting(aug.spec_augment, "augmentation.spec_augment") if aug.spec_augment else None
     # Checkpoints from before these keys existed trained without them.
     mixstyle = None
     if aug.get("freq_mixstyle"):
@@ -42,7 +71,7 @@ def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtr
                 f"augmentation.freq_mixstyle={aug.freq_mixstyle} must be null or "
                 "{_target_:esc50_lightning.features.FreqMixStyle,p:0.4,alpha:0.4}"
             )
-        mixstyle = instantiate(aug.freq_mixstyle)
+        mixstyle = instantiate_setting(aug.freq_mixstyle, "augmentation.freq_mixstyle")
     return FeatureExtractor(
         logmel,
         clip_samples(cfg.data.dataset.sample_rate, cfg.data.dataset.clip_seconds),
@@ -76,7 +105,7 @@ def check_input_rows(net: torch.nn.Module, features: FeatureExtractor) -> None:
 
 
 def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None = None) -> AudioClassifier:
-    net = instantiate(cfg.model.net, num_classes=len(class_names))
+    net = instantiate_setting(cfg.model.net, "model.net", num_classes=len(class_names))
     features = build_features(cfg, logmel)
     check_input_rows(net, features)
     if hasattr(net, "check_frontend"):  # pretrained weights that need their own frontend (cnn14)
@@ -85,7 +114,7 @@ def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None 
     return AudioClassifier(
         net=net,
         features=features,
-        optimizer=instantiate(optim.optimizer),
+        optimizer=build_optimizer(optim),
         scheduler=build_scheduler(optim),
         scheduler_interval=optim.get("scheduler_interval", "epoch"),
         class_names=class_names,
@@ -144,13 +173,26 @@ def describe_lr_scaling(cfg: DictConfig) -> str | None:
     )
 
 
+def build_optimizer(optim: DictConfig) -> OptimizerFactory:
+    """The optimiser the config names, as a factory of the run's parameters. Like the schedule, it
+    is tried once on a throwaway parameter here: a bad setting (a negative rate, a misspelt
+    argument) stops the command before training with one line, not a traceback mid-start."""
+    factory = instantiate_setting(optim.optimizer, "optim.optimizer")
+    try:
+        factory(params=[torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as err:
+        hint = _unexpected_argument_hint(str(err), "optim.optimizer")
+        raise UserError(f"optim.optimizer ({optim.optimizer.get('_target_')}): {err}{hint}") from err
+    return factory
+
+
 def build_scheduler(optim: DictConfig) -> SchedulerFactory | None:
     """The learning-rate schedule the config names, as a factory of the run's optimiser. It is
     tried once on a throwaway optimiser here, so that a bad setting stops the command before
     training with one line, not with a traceback once the run has started."""
     if not optim.get("scheduler"):
         return None
-    factory = instantiate(optim.scheduler)
+    factory = instantiate_setting(optim.scheduler, "optim.scheduler")
     try:
         try_schedule(factory)
     except (ValueError, TypeError) as err:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from esc50_lightning.checkpoints.io import AtomicCheckpointIO
 from esc50_lightning.errors import UserError
-from esc50_lightning.factory import build_logmel, build_module, describe_lr_scaling
+from esc50_lightning.factory import build_logmel, build_module, describe_lr_scaling, instantiate_setting
 from esc50_lightning.tasks.checks import check_train_config, early_stopping_on
 from esc50_lightning.tasks.results import print_summary, run_metrics, save_metrics, write_predictions
 from esc50_lightning.tasks.resume import continue_log_in, record_resume, resolve_resume
@@ -115,7 +115,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the run's config
     logmel = build_logmel(cfg)
-    datamodule = instantiate(cfg.data, frontend=logmel)
+    datamodule = instantiate_setting(cfg.data, "data", frontend=logmel)
     class_names = datamodule.class_names  # reads and checks the CSV
     log.info(
         "%s on %s: train folds %s, validation %s, test %s (protocol %s), %d classes; run dir %s",
@@ -139,11 +139,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "model_name": cfg.model.name,
     }
     callbacks = [
-        instantiate(c)
+        instantiate_setting(c, f"callbacks.{key}")
         for key, c in (cfg.get("callbacks") or {}).items()
         if c and not (key == "early_stopping" and not early_stopping_on(cfg))  # off: patience null
     ]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    loggers = [instantiate_setting(c, f"logger.{key}") for key, c in (cfg.get("logger") or {}).items() if c]
     log_config(loggers, module.run_info["config"])
     if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
         # Lightning refuses a learning-rate monitor without a logger; logger=none means "log nothing".
