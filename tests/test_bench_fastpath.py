@@ -50,3 +50,17 @@ def test_fastpath_bench_prints_a_row_per_model_and_path(
         == raw["models"]["cnn4"]["fast"]["flops_per_sample"]
         > 0
     )
+
+
+def test_compile_on_a_bf16_cpu_is_refused_in_one_line(esc50_root: Path, monkeypatch, capsys) -> None:
+    """The fast path runs bf16 on a CPU with bf16 instructions, where torch.compile corrupted
+    memory (scripts/compile_bf16_check.py): ``--compile`` there is one error line, before any work."""
+    import pytest
+
+    monkeypatch.setattr(fastpath, "cpu_has_native_bf16", lambda: True)
+    with pytest.raises(SystemExit) as done:
+        fastpath.main(["--root", str(esc50_root), "--device", "cpu", "--compile", "--models", "cnn4"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --compile on this CPU: the fast path runs bf16 here, and torch.compile")
+    assert len(err.strip().splitlines()) == 1

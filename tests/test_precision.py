@@ -43,3 +43,23 @@ def test_float32_request_is_left_alone(monkeypatch):
     cfg = _cfg("trainer.precision=32-true")
     check_train_config(cfg)
     assert cfg.trainer.precision == "32-true"
+
+
+@pytest.mark.parametrize(
+    ("native", "precision", "compiled"),
+    [(True, "bf16-mixed", False), (True, "32-true", True), (False, "bf16-mixed", True)],
+)
+def test_compiled_bf16_on_a_cpu_trains_uncompiled(monkeypatch, caplog, native, precision, compiled):
+    """torch.compile with bf16 corrupted memory on a CPU (scripts/compile_bf16_check.py): a CPU
+    run asking for both trains without compile and says why; float32 (also where bf16 was switched
+    to it for want of bf16 instructions) keeps compile."""
+    monkeypatch.setattr(precision_mod, "cpu_has_native_bf16", lambda: native)
+    cfg = _cfg(f"trainer.precision={precision}", "compile=true")
+    with caplog.at_level(logging.WARNING, logger=precision_mod.log.name):
+        check_train_config(cfg)
+    assert cfg.compile is compiled
+    warned = [r.getMessage() for r in caplog.records if "training without compile" in r.getMessage()]
+    assert bool(warned) == (not compiled)
+    if warned:
+        assert warned[0].startswith("compile=true with trainer.precision=bf16-mixed: torch.compile with bf16")
+        assert "scripts/compile_bf16_check.py" in warned[0]

@@ -41,12 +41,12 @@ from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from esc50_lightning.bench.pipeline import cycle, machine_info, prepare, timed_call, to_device
+from esc50_lightning.bench.pipeline import bench_device, cycle, machine_info, prepare, timed_call, to_device
 from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.factory import build_logmel, build_module
 from esc50_lightning.training.ema import count_on_host
-from esc50_lightning.training.precision import cpu_has_native_bf16
+from esc50_lightning.training.precision import CPU_BF16_COMPILE, cpu_has_native_bf16
 
 MODELS = ("cnn8", "vgg8")
 # bf16 dense tensor-core peak, TFLOP/s, by a substring of torch.cuda.get_device_name (first match).
@@ -292,8 +292,6 @@ def render(results: dict[str, Any]) -> str:
 
 # ---- main -----------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from esc50_lightning.bench.pipeline import bench_device
-
     device = bench_device(args)
     models = args.models.split(",")
     results: dict[str, Any] = {"machine": machine_info(device), "steps": args.steps, "repeats": args.repeats}
@@ -381,6 +379,9 @@ def main(argv: list[str] | None = None) -> None:
                 )
         if min(args.steps, args.repeats, args.batch_size, args.fast_batch_size) < 1 or args.warmup < 0:
             raise UserError("--steps, --repeats and the batch sizes must be positive, --warmup 0 or more")
+        device = bench_device(args)
+        if args.compile and device.type == "cpu" and fast_dtype(device) == torch.bfloat16:
+            raise UserError(f"--compile on this CPU: the fast path runs bf16 here, and {CPU_BF16_COMPILE}")
         results = run(args)
         print(render(results), flush=True)
         if args.json:

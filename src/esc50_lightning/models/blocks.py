@@ -64,9 +64,10 @@ class AvgPool2x2(nn.Module):
     ``nn.AvgPool2d(2, ceil_mode=True)`` computes, here as a copy of that edge (so each of its
     windows averages its own values twice) and plain 2x2 pooling.
 
-    Why not ceil_mode: under ``torch.compile`` with bf16 autocast (torch 2.11, CPU), the
-    backward of ceil-mode windows hanging over the edge returns NaN gradients, and every
-    odd-sized map (7x25 after three poolings of a 56x200 crop) has them.
+    It replaced ceil_mode when compiled bf16 runs on a CPU trained NaN and ceil-mode windows
+    over odd-sized maps (7x25 after three poolings of a 56x200 crop) were blamed; the fault
+    proved broader (compiled bf16 corrupts memory on that CPU, docs/performance.md). Kept: the
+    same values and gradients, and only plain pooling for a compiler to handle.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

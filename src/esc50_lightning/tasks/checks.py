@@ -9,14 +9,14 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from esc50_lightning.errors import UserError
-from esc50_lightning.training.precision import use_native_precision
+from esc50_lightning.training.precision import compile_bf16_on_cpu, use_native_precision
 
 log = logging.getLogger(__name__)
 
 
 def check_train_config(cfg: DictConfig) -> None:
     """Refuse settings that cannot train before anything is built; adapt the ones the machine
-    cannot honour (sync batch norm and bf16 on a CPU without it)."""
+    cannot honour (sync batch norm and bf16 on a CPU without it, compiled bf16 on a CPU)."""
     dataset = cfg.data.get("dataset") or {}
     unset = [f"data.dataset.{k}" for k in ("root", "csv") if k in dataset and dataset[k] in (None, "")]
     if unset:  # data=folded_csv leaves them to the user
@@ -49,6 +49,7 @@ def check_train_config(cfg: DictConfig) -> None:
         with open_dict(cfg):
             cfg.trainer.sync_batchnorm = False
     use_native_precision(cfg, on_cpu)
+    compile_bf16_on_cpu(cfg, on_cpu)  # after the switch above, which may leave bf16
     check_device_resident(cfg)
     check_callbacks(cfg)
     check_loggers(cfg)

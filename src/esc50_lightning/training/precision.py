@@ -59,3 +59,21 @@ def use_native_precision(cfg: DictConfig, on_cpu: bool) -> None:
         )
         with open_dict(cfg):
             cfg.trainer.precision = "32-true"
+
+
+# Why compile=true stays off for bf16 on a CPU (scripts/compile_bf16_check.py checks a machine).
+CPU_BF16_COMPILE = (
+    "torch.compile with bf16 on a CPU corrupted memory in our runs (torch 2.11 inductor, AMD EPYC "
+    "with avx512_bf16: glibc heap errors, segmentation faults, NaN losses, in most runs; eager bf16 "
+    "and compiled float32 were fine; scripts/compile_bf16_check.py re-checks a machine)"
+)
+
+
+def compile_bf16_on_cpu(cfg: DictConfig, on_cpu: bool) -> None:
+    """Turn ``compile`` off for a bf16 run on a CPU (``CPU_BF16_COMPILE``), saying so."""
+    precision = str(cfg.trainer.get("precision", ""))
+    if on_cpu and cfg.get("compile") and precision.startswith("bf16"):
+        message = "compile=true with trainer.precision=%s: %s; training without compile"
+        log.warning(message, precision, CPU_BF16_COMPILE)
+        with open_dict(cfg):
+            cfg.compile = False
