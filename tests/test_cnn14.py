@@ -229,9 +229,9 @@ def test_finetune_trains_on_real_clips(run_train, reference, tmp_path: Path, esc
         f"model.net.weights={path}",
         "trainer.max_epochs=2",
         "callbacks.freeze_backbone.epochs=1",
-        "+trainer.limit_train_batches=2",
+        "+trainer.limit_train_batches=1",
         "+trainer.limit_val_batches=1",
-        "data.batch_size=8",
+        "data.batch_size=4",
         "data.eval_batch_size=8",
     )
     out = proc.stdout + proc.stderr
