@@ -42,7 +42,11 @@ def _study(sweep: Path, name: str = "lr_wd"):
 
 
 def _states(sweep: Path) -> list[str]:
-    """The trials' states; none while the search has created its database but not yet its study."""
+    """The trials' states; none before the search has asked its first trial. Until then it may
+    still be setting up its database, and opening it at the same moment races that set-up
+    (alembic's version row: "UNIQUE constraint failed")."""
+    if not (sweep / "trials" / "000").exists():
+        return []
     try:
         return [t.state.name for t in _study(sweep).trials]
     except KeyError:  # optuna: "Record does not exist."
