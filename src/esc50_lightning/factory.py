@@ -38,16 +38,21 @@ def instantiate_setting(node: Any, key: str, **kwargs: Any) -> Any:
             raise UserError(f"{key}._target_={target} cannot be imported: check its spelling") from err
         if not isinstance(cause, ValueError | TypeError):
             raise
-        raise UserError(f"{key} ({target}): {cause}{_unexpected_argument_hint(str(cause), key)}") from err
+        raise refused(key, node, cause) from err
 
 
-def _unexpected_argument_hint(message: str, key: str) -> str:
-    """How to drop a setting the target does not take (often a recipe's, written for another model)."""
-    match = re.search(r"unexpected keyword argument '(\w+)'", message)
-    if not match:
-        return ""
-    name = match.group(1)
-    return f"; remove it with '~{key}.{name}' (a recipe may set it for another choice of this group)"
+def refused(key: str, node: Any, err: Exception) -> UserError:
+    """The one line for a setting its target refused (``err``), with how to drop an argument the
+    target does not take (often a recipe's, written for another choice of the group)."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+    hint = ""
+    if match:
+        hint = (
+            f"; remove it with '~{key}.{match.group(1)}' "
+            "(a recipe may set it for another choice of this group)"
+        )
+    return UserError(f"{key} ({target}): {err}{hint}")
 
 
 def build_logmel(cfg: DictConfig) -> LogMel:
@@ -181,8 +186,7 @@ def build_optimizer(optim: DictConfig) -> OptimizerFactory:
     try:
         factory(params=[torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as err:
-        hint = _unexpected_argument_hint(str(err), "optim.optimizer")
-        raise UserError(f"optim.optimizer ({optim.optimizer.get('_target_')}): {err}{hint}") from err
+        raise refused("optim.optimizer", optim.optimizer, err) from err
     return factory
 
 
@@ -196,5 +200,5 @@ def build_scheduler(optim: DictConfig) -> SchedulerFactory | None:
     try:
         try_schedule(factory)
     except (ValueError, TypeError) as err:
-        raise UserError(f"optim.scheduler ({optim.scheduler.get('_target_')}): {err}") from err
+        raise refused("optim.scheduler", optim.scheduler, err) from err
     return factory

@@ -69,11 +69,7 @@ def cut_windows(
     """
     batch, freq, time = x.shape
     crop_f, crop_t = size
-    device = x.device
-    if off_f.device != device:  # draws made elsewhere (tests): one copy for all of them
-        draws = torch.stack([off_f, off_t] if widths is None else [off_f, off_t, widths]).to(device)
-        off_f, off_t = draws[0], draws[1]
-        widths = None if widths is None else draws[2]
+    device = x.device  # the draws are on it too (a copy per step would make a GPU wait)
     rows = (off_f[:, None] + torch.arange(crop_f, device=device)) * time  # (B, crop_f)
     flat = x.reshape(batch, freq * time)
     frames = torch.arange(crop_t, device=device)
