@@ -34,6 +34,47 @@ def test_hparams_search_refused_under_cv(run_train, tmp_path):
         "(each trial trains once per fold, validating on the fold before it)"
     )
 
+    for setting, line in (
+        (
+            "hparams_search.epoch=middle",
+            "error: hparams_search.epoch=middle must be best (the epoch with the lowest validation loss) "
+            "or final",
+        ),
+        (
+            "hparams_search.pruner={_target_:collections.Counter}",
+            "error: hparams_search.pruner: Counter is not an Optuna pruner "
+            "(_target_: optuna.pruners.MedianPruner, say)",
+        ),
+        (
+            "hparams_search.pruner={_target_:optuna.pruners.MedianPruner,n_warmup_steps:-1}",
+            # Optuna's own words follow the key and the target
+            "error: hparams_search.pruner (optuna.pruners.MedianPruner): Number of warmup steps cannot be",
+        ),
+    ):
+        proc = run_train("data.protocol=holdout", "hparams_search=lr_wd", setting, check=False, warm=True)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), proc.stderr
+    assert run_dirs(tmp_path / "outputs") == []
+
+
+def test_a_run_whose_search_is_gone_trains_on():
+    """A trial's run reports to its search over a pipe; once the search is gone (killed), the run
+    is told nothing and trains on instead of failing."""
+    import os
+
+    from esc50_lightning.training.search_trial import GO, PRUNE, ReportToSearch
+
+    reports_r, reports_w = os.pipe()
+    verdicts_r, verdicts_w = os.pipe()
+    link = ReportToSearch("val/loss", reports_w, verdicts_r)
+    os.write(verdicts_w, f"{PRUNE}\n".encode())
+    assert link._ask({"epoch": 1, "max_epochs": 4, "value": 3.5}) == PRUNE
+    assert json.loads(os.read(reports_r, 1024)) == {"epoch": 1, "max_epochs": 4, "value": 3.5}
+    os.close(verdicts_w)  # the search is gone: no verdict comes
+    assert link._ask({"epoch": 2, "max_epochs": 4, "value": 3.1}) == GO and not link.connected
+    for fd in (reports_r, reports_w, verdicts_r):
+        os.close(fd)
+
 
 def _study(sweep: Path, name: str = "lr_wd"):
     import optuna
@@ -129,34 +170,49 @@ def test_hparams_search_killed_then_resumed(run_train, esc50_root, cache_dir, tm
     ), proc.stderr
 
 
-def test_hparams_search_parallel_trials_over_two_folds(run_train, tmp_path):
+def test_hparams_search_parallel_trials_over_two_folds_one_pruned(run_train, tmp_path):
     """Two trials at once (asked the way a sweep asks: hydra/launcher=local_parallel, joblib with
-    n_jobs 2), each trained on test folds 2 and 3: the objective is the mean of the two validation
-    folds' (1 and 2) best losses, and the two trials overlapped in time."""
+    n_jobs 2), each to train on test folds 2 and 3 and be scored at its final epoch. The first
+    completes: its objective is the mean of the two validation folds' (1 and 2) final losses. The
+    pruner prunes the second at its first report: its run stops after epoch 1 of 2 and fold 3 is
+    never trained. The two trials overlapped in time."""
+    from esc50_lightning.search_summary import trials_table
+
+    tests = Path(__file__).parent
     proc = run_train(
-        "debug=fast", *SMALL, "data.protocol=holdout", "hparams_search=lr_wd",
+        "debug=fast", *SMALL, "trainer.max_epochs=2", "data.protocol=holdout", "hparams_search=lr_wd",
         "hparams_search.n_trials=2", "hydra/launcher=local_parallel", "hparams_search.folds=[2,3]",
-        tiny=False,
+        "hparams_search.epoch=final", "hparams_search.pruner={_target_:helpers.pruners.PruneAllButFirst}",
+        tiny=False, env={"PYTHONPATH": str(tests)},
     )  # fmt: skip
     (sweep,) = [d for d in run_dirs(tmp_path / "outputs") if (d / "optuna.db").is_file()]
     study = _study(sweep)
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    for t in study.trials:
-        losses = {}
-        for fold, val_fold in ((2, 1), (3, 2)):
-            metrics = json.loads(
-                (sweep / "trials" / f"{t.number:03d}" / f"fold{fold}" / "metrics.json").read_text()
-            )
-            assert metrics["fold"] == fold and metrics["splits"]["val"] == [val_fold], metrics["splits"]
-            losses[fold] = metrics["best"]["loss"]
-            assert t.user_attrs[f"fold{fold}"] == losses[fold]
-        assert abs(t.value - (losses[2] + losses[3]) / 2) < 1e-12
     first, second = study.trials
+    assert [first.state.name, second.state.name] == ["COMPLETE", "PRUNED"]
+    losses = {}
+    for fold, val_fold in ((2, 1), (3, 2)):
+        metrics = json.loads((sweep / "trials" / "000" / f"fold{fold}" / "metrics.json").read_text())
+        assert metrics["fold"] == fold and metrics["splits"]["val"] == [val_fold], metrics["splits"]
+        assert metrics["final"]["epoch"] == 2
+        losses[fold] = metrics["final"]["loss"]
+        assert first.user_attrs[f"fold{fold}"] == losses[fold]
+    assert abs(first.value - (losses[2] + losses[3]) / 2) < 1e-12
+    # reported at 500 and 1000 of each fold's 1000 steps, fold 3 after fold 2's
+    assert sorted(first.intermediate_values) == [500, 1000, 1500, 2000]
+    assert first.intermediate_values[2000] == losses[3]
+
+    pruned = json.loads((sweep / "trials" / "001" / "fold2" / "metrics.json").read_text())
+    assert pruned["final"]["epoch"] == 1 and second.intermediate_values == {500: pruned["final"]["loss"]}
+    assert not (sweep / "trials" / "001" / "fold3").exists()
+    row = trials_table(study).set_index("trial").loc[1]
+    assert row["state"] == "pruned" and row["pruned"] == "fold 2, epoch 1 of 2"
+
     assert second.datetime_start < first.datetime_complete and first.datetime_start < second.datetime_complete
     assert "(2 at once, folds 2,3)" in proc.stdout + proc.stderr
+    assert f"best trial: 0 of 1 (validation loss {first.value:.4f})" in proc.stdout
     recipe = (sweep / "best.yaml").read_text()
-    assert "holdout, the mean over validation folds 1, 2" in recipe
-    assert "launcher" not in recipe  # how the search ran is not part of the recipe
+    assert "(final epoch)" in recipe and "holdout, the mean over validation folds 1, 2" in recipe
+    assert "launcher" not in recipe and "search_trial" not in recipe  # how the search ran is not the recipe
 
 
 def test_every_search_space_names_keys_the_config_has():

@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from esc50_lightning.errors import UserError
-from esc50_lightning.tasks.search import ERROR_ATTR, RECIPE_FILE, STUDY_FILE
+from esc50_lightning.tasks.search import ERROR_ATTR, PRUNED_ATTR, RECIPE_FILE, STUDY_FILE
 
 
 def is_search(root: Path) -> bool:
@@ -33,7 +33,8 @@ def _state(trial: Any) -> str:
 
 
 def trials_table(study: Any) -> pd.DataFrame:
-    """One row per trial: number, state, objective, per-fold validation values, the values tried."""
+    """One row per trial: number, state, objective (a pruned trial's: its last report), per-fold
+    validation values, the values tried, where it was pruned, why it failed."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         row: dict[str, Any] = {"trial": t.number, "state": _state(t), "value": t.value}
@@ -41,6 +42,7 @@ def trials_table(study: Any) -> pd.DataFrame:
         row.update(t.params)
         done = t.datetime_complete and t.datetime_start
         row["seconds"] = round((t.datetime_complete - t.datetime_start).total_seconds(), 1) if done else None
+        row["pruned"] = t.user_attrs.get(PRUNED_ATTR, "")  # where: "fold 2, epoch 150 of 1000"
         row["error"] = t.user_attrs.get(ERROR_ATTR, "")
         rows.append(row)
     return pd.DataFrame(rows)
@@ -77,7 +79,7 @@ def _fmt(value: Any) -> str:
 
 
 def _markdown_table(frame: pd.DataFrame) -> list[str]:
-    columns = [c for c in frame.columns if c != "error" or frame[c].astype(bool).any()]
+    columns = [c for c in frame.columns if c not in ("pruned", "error") or frame[c].astype(bool).any()]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in frame.iterrows():
         lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")

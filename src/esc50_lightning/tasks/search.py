@@ -4,8 +4,15 @@ A trial trains once per fold the search names (``hparams_search.folds``, each un
 ``data.protocol=holdout``: test fold ``f``, validation fold ``f - 1``), in
 ``<sweep>/trials/NNN/fold<f>``, with this command's overrides plus the trial's values. Its
 objective is the mean over those folds of an entry of the validation fold's best epoch in each
-run's metrics.json (``hparams_search.metric``); the test folds are never read. ``n_jobs`` trials run
-at once, each fold a child process (threads here only wait for them).
+run's metrics.json (``hparams_search.metric``; the entry ``hparams_search.epoch``: the epoch with the
+lowest validation loss, or the final one); the test folds are never read. ``n_jobs`` trials run at
+once, each fold a child process (threads here only wait for them).
+
+With ``hparams_search.pruner`` (an Optuna pruner), each run reports its validation metric to this
+process after every validation (``training/search_trial.py``), at step ``1000 * i + 1000 * epoch /
+max_epochs`` for the trial's ``i``-th fold: trials are compared at the same share of their schedule,
+so a longer schedule is not pruned for being behind at the same epoch. A pruned trial's run stops
+after that epoch and its remaining folds are not trained.
 
 Trials live in ``<sweep>/optuna.db`` (SQLite). A search stopped half-way, even killed, continues with
 ``hparams_search.dir=<sweep>`` up to ``n_trials`` finished trials: a trial left running by the
@@ -20,12 +27,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import signal
 import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -36,7 +45,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from esc50_lightning.errors import UserError
+from esc50_lightning.factory import instantiate_setting
 from esc50_lightning.filelock import file_lock
+from esc50_lightning.training.search_trial import GO, PRUNE, ReportToSearch
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,12 @@ STUDY_FILE = "optuna.db"
 RECIPE_FILE = "best.yaml"
 # A failed trial carries this user attribute (why); a FAIL without it was interrupted, not finished.
 ERROR_ATTR = "error"
+# A pruned trial carries this user attribute: where it was stopped ("fold 2, epoch 150").
+PRUNED_ATTR = "pruned"
+# Intermediate steps of one fold: a run reports at 1000 * epoch / max_epochs.
+STEPS_PER_FOLD = 1000
+# metrics.json entries a search can score (tasks/results.py).
+EPOCHS = ("best", "final")
 # Keys a recipe leaves to the command that runs it: how it is evaluated, debugged, searched, launched.
 NOT_IN_RECIPE = ("data.protocol", "data.fold", "debug", "hparams_search", "hydra", "ckpt_path")
 
@@ -54,18 +71,26 @@ class SearchSpec:
 
     name: str
     metric: str
+    epoch: str
     direction: str
     n_trials: int
     n_jobs: int
     folds: list[int]
     params: dict[str, dict[str, Any]]
     dir: str | None
+    pruner: Any = None  # an optuna.pruners.BasePruner, or None: every trial runs to its end
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> SearchSpec:
         spec = OmegaConf.to_container(cfg.hparams_search, resolve=True)
         assert isinstance(spec, dict)
         name = spec.get("name", "search")
+        epoch = spec.get("epoch", "best")
+        if epoch not in EPOCHS:
+            raise UserError(
+                f"hparams_search.epoch={epoch} must be best (the epoch with the lowest validation loss) "
+                "or final"
+            )
         direction = spec.get("direction", "minimize")
         if direction not in ("minimize", "maximize"):
             raise UserError(f"hparams_search.direction={direction} must be minimize or maximize")
@@ -96,9 +121,18 @@ class SearchSpec:
         params = spec.get("params") or {}
         if not params:
             raise UserError(f"hparams_search={name}: params is empty; name at least one key to search")
-        return cls(
-            name, spec.get("metric", "loss"), direction, n_trials, n_jobs, folds, params, spec.get("dir")
-        )
+        pruner = None
+        if cfg.hparams_search.get("pruner"):
+            import optuna
+
+            pruner = instantiate_setting(cfg.hparams_search.pruner, "hparams_search.pruner")
+            if not isinstance(pruner, optuna.pruners.BasePruner):
+                raise UserError(
+                    f"hparams_search.pruner: {type(pruner).__name__} is not an Optuna pruner "
+                    "(_target_: optuna.pruners.MedianPruner, say)"
+                )
+        metric = spec.get("metric", "loss")
+        return cls(name, metric, epoch, direction, n_trials, n_jobs, folds, params, spec.get("dir"), pruner)
 
 
 def _launcher_jobs() -> int:
@@ -168,6 +202,7 @@ class Search:
             storage=f"sqlite:///{sweep / STUDY_FILE}",
             direction=spec.direction,
             sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+            pruner=spec.pruner or optuna.pruners.NopPruner(),
             load_if_exists=True,
         )
         self.base = base_overrides()
@@ -175,6 +210,7 @@ class Search:
         # trials that are not comparable.
         recorded = {
             "metric": spec.metric,
+            "epoch": spec.epoch,
             "direction": spec.direction,
             "folds": spec.folds,
             "overrides": self.base,
@@ -196,7 +232,7 @@ class Search:
 
     def finished(self) -> int:
         return sum(
-            t.state.name == "COMPLETE" or (t.state.name == "FAIL" and ERROR_ATTR in t.user_attrs)
+            t.state.name in ("COMPLETE", "PRUNED") or (t.state.name == "FAIL" and ERROR_ATTR in t.user_attrs)
             for t in self.study.get_trials(deepcopy=False)
         )
 
@@ -241,15 +277,20 @@ class Search:
             values = {key: _suggest(trial, key, s) for key, s in self.spec.params.items()}
         log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
         scores: dict[int, float] = {}
-        for fold in self.spec.folds:
+        for position, fold in enumerate(self.spec.folds):
             if self.stopping:  # another trial raised: this one is interrupted, not failed
                 self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
                 return
             try:
-                score, error = self.one_fold(trial.number, values, fold)
+                score, error, pruned = self.one_fold(trial, position, values, fold)
             except BaseException:
                 self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
                 raise
+            if pruned:
+                trial.set_user_attr(PRUNED_ATTR, f"fold {fold}, {pruned}")
+                self.study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)
+                log.info("trial %d: pruned at fold %d, %s", trial.number, fold, pruned)
+                return
             if error:
                 log.warning("trial %d failed: %s", trial.number, error)
                 trial.set_user_attr(ERROR_ATTR, error)
@@ -262,44 +303,87 @@ class Search:
         per_fold = ", ".join(f"fold {f} {v:.4f}" for f, v in scores.items())
         log.info("trial %d: validation %s %.4f (%s)", trial.number, self.spec.metric, value, per_fold)
 
-    def one_fold(self, number: int, values: dict[str, Any], fold: int) -> tuple[float, str | None]:
-        run_dir = self.sweep / "trials" / f"{number:03d}" / f"fold{fold}"
+    def one_fold(
+        self, trial: Any, position: int, values: dict[str, Any], fold: int
+    ) -> tuple[float, str | None, str | None]:
+        """Train the trial's ``position``-th fold: its score, an error, and where it was pruned."""
+        run_dir = self.sweep / "trials" / f"{trial.number:03d}" / f"fold{fold}"
         overrides = [
             *self.base,
             *(f"{k}={v}" for k, v in values.items()),
             f"data.fold={fold}",
             f"hydra.run.dir={run_dir}",
         ]
-        output = None
-        if self.spec.n_jobs > 1:  # parallel trials would interleave their progress on the console
-            run_dir.mkdir(parents=True, exist_ok=True)
-            output = open(run_dir.parent / f"fold{fold}.out", "w")  # noqa: SIM115 (closed below)
         child: subprocess.Popen | None = None
-        try:
-            with self.lock:
-                child = subprocess.Popen(
-                    [sys.executable, str(self.script), *overrides],
-                    cwd=Path.cwd(),
-                    stdout=output,
-                    stderr=output,
-                )
-                self.children.add(child)
-            returncode = child.wait()
-        finally:
-            with self.lock:
-                self.children.discard(child)
-            if output is not None:
-                output.close()
+        pruned = None
+        with ExitStack() as stack:
+            output = None
+            if self.spec.n_jobs > 1:  # parallel trials would interleave their progress on the console
+                run_dir.mkdir(parents=True, exist_ok=True)
+                output = stack.enter_context(open(run_dir.parent / f"fold{fold}.out", "w"))
+            # with a pruner: reports from the run, verdicts to it (training/search_trial.py)
+            child_ends: list[int] = []
+            own_ends: list[int] = []
+            if self.spec.pruner is not None:
+                reports_r, reports_w = os.pipe()
+                verdicts_r, verdicts_w = os.pipe()
+                child_ends, own_ends = [reports_w, verdicts_r], [reports_r, verdicts_w]
+                stack.callback(lambda: [os.close(fd) for fd in own_ends + child_ends])
+                overrides += [
+                    f"+callbacks.search_trial._target_={ReportToSearch.__module__}.{ReportToSearch.__name__}",
+                    f"+callbacks.search_trial.metric=val/{self.spec.metric}",
+                    f"+callbacks.search_trial.to_search={reports_w}",
+                    f"+callbacks.search_trial.from_search={verdicts_r}",
+                ]
+            try:
+                with self.lock:
+                    child = subprocess.Popen(
+                        [sys.executable, str(self.script), *overrides],
+                        cwd=Path.cwd(),
+                        stdout=output,
+                        stderr=output,
+                        pass_fds=child_ends,
+                    )
+                    self.children.add(child)
+                while child_ends:  # the child holds them now; the reports end when it does
+                    os.close(child_ends.pop())
+                if own_ends:
+                    pruned = self.answer_reports(trial, position, *own_ends)
+                returncode = child.wait()
+            finally:
+                with self.lock:
+                    self.children.discard(child)
         metrics_file = run_dir / "metrics.json"
         if returncode != 0 or not metrics_file.is_file():
-            return 0.0, f"fold {fold}: exit status {returncode}, see {run_dir}"
-        best = json.loads(metrics_file.read_text()).get("best") or {}
-        if self.spec.metric not in best:
-            choices = ", ".join(sorted(best))
+            return 0.0, f"fold {fold}: exit status {returncode}, see {run_dir}", None
+        if pruned:
+            return 0.0, None, pruned
+        entry = json.loads(metrics_file.read_text()).get(self.spec.epoch) or {}
+        if self.spec.metric not in entry:
+            choices = ", ".join(sorted(k for k in entry if k != "epoch"))
             raise UserError(
-                f"hparams_search.metric={self.spec.metric}: not in metrics.json's best entry ({choices})"
+                f"hparams_search.metric={self.spec.metric}: not in metrics.json's {self.spec.epoch} "
+                f"entry ({choices})"
             )
-        return float(best[self.spec.metric]), None
+        return float(entry[self.spec.metric]), None, None
+
+    def answer_reports(self, trial: Any, position: int, reports: int, verdicts: int) -> str | None:
+        """Report each of a run's validations to the study and answer whether to prune, until
+        the run ends; ``"epoch E of M"`` if it was pruned."""
+        pruned = None
+        with open(reports, closefd=False) as lines:
+            for line in lines:
+                report = json.loads(line)
+                epoch, epochs = int(report["epoch"]), max(1, int(report["max_epochs"]))
+                step = position * STEPS_PER_FOLD + min(STEPS_PER_FOLD, round(STEPS_PER_FOLD * epoch / epochs))
+                with self.lock:  # the study's storage: one thread at a time
+                    trial.report(float(report["value"]), step)
+                    prune = trial.should_prune()
+                if prune and pruned is None:
+                    pruned = f"epoch {epoch} of {epochs}"
+                with suppress(BrokenPipeError):  # the run has ended
+                    os.write(verdicts, f"{PRUNE if prune else GO}\n".encode())
+        return pruned
 
     def stop_children(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM reaches only this process: pass it on to the running trials, then die of it."""
@@ -315,7 +399,9 @@ def write_best(search: Search) -> dict[str, Any]:
     spec, study, sweep = search.spec, search.study, search.sweep
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
-        raise UserError(f"hparams_search={spec.name}: no trial finished; see {sweep}/trials")
+        pruned = sum(t.state.name == "PRUNED" for t in study.trials)
+        why = f" ({pruned} pruned: loosen hparams_search.pruner)" if pruned else ""
+        raise UserError(f"hparams_search={spec.name}: no trial completed{why}; see {sweep}/trials")
     best = study.best_trial
     groups = set(HydraConfig.get().runtime.choices)
     config, extra = recipe([*search.base, *(f"{k}={v}" for k, v in best.params.items())], groups)
@@ -325,8 +411,9 @@ def write_best(search: Search) -> dict[str, Any]:
     argv = ["python", search.script.name, "-cd", str(sweep), "-cn", Path(RECIPE_FILE).stem, *extra]
     command = " ".join(map(shlex.quote, argv))
     header = (
-        f"# hparams_search={spec.name}: trial {best.number}, the best of {len(complete)} finished trials,\n"
-        f"# validation {spec.metric} {best.value:.4f}: holdout, the mean over validation folds {val_folds}\n"
+        f"# hparams_search={spec.name}: trial {best.number}, the best of {len(complete)} completed trials,\n"
+        f"# validation {spec.metric} ({spec.epoch} epoch) {best.value:.4f}: holdout, the mean over "
+        f"validation folds {val_folds}\n"
         f"# (test folds {folds}, not read).\n"
         f"# Report it over five folds (cv):  {command} -m data.fold=1,2,3,4,5\n"
     )
