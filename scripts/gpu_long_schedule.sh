@@ -38,7 +38,8 @@ fi
 
 if [[ $DRY == 1 ]]; then
   COMMON=(debug=tiny model=cnn4 logger=csv)
-  SPACE=(hparams_search=lr_wd hparams_search.n_trials=2 "hparams_search.folds=[2,4]" hparams_search.n_jobs=2)
+  SPACE=(hparams_search=lr_wd hparams_search.n_trials=2 "hparams_search.folds=[2,4]" hparams_search.n_jobs=2
+    "hparams_search.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:1}")
   CV_RUNS=(data.fold=1,2 seed=1 hydra.launcher.n_jobs=2)
 else
   COMMON=(speed=gpu_fast logger=csv callbacks.progress_bar=null)
