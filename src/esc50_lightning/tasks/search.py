@@ -45,9 +45,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from esc50_lightning.errors import UserError
-from esc50_lightning.factory import instantiate_setting
 from esc50_lightning.filelock import file_lock
-from esc50_lightning.training.search_trial import GO, PRUNE, ReportToSearch
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +122,9 @@ class SearchSpec:
         pruner = None
         if cfg.hparams_search.get("pruner"):
             import optuna
+
+            # here, not at the top: the report reads this module and needs no torch
+            from esc50_lightning.factory import instantiate_setting
 
             pruner = instantiate_setting(cfg.hparams_search.pruner, "hparams_search.pruner")
             if not isinstance(pruner, optuna.pruners.BasePruner):
@@ -314,6 +315,8 @@ class Search:
             f"data.fold={fold}",
             f"hydra.run.dir={run_dir}",
         ]
+        from esc50_lightning.training.search_trial import ReportToSearch  # imports Lightning
+
         child: subprocess.Popen | None = None
         pruned = None
         with ExitStack() as stack:
@@ -328,7 +331,12 @@ class Search:
                 reports_r, reports_w = os.pipe()
                 verdicts_r, verdicts_w = os.pipe()
                 child_ends, own_ends = [reports_w, verdicts_r], [reports_r, verdicts_w]
-                stack.callback(lambda: [os.close(fd) for fd in own_ends + child_ends])
+
+                def close_left() -> None:
+                    for fd in own_ends + child_ends:
+                        os.close(fd)
+
+                stack.callback(close_left)
                 overrides += [
                     f"+callbacks.search_trial._target_={ReportToSearch.__module__}.{ReportToSearch.__name__}",
                     f"+callbacks.search_trial.metric=val/{self.spec.metric}",
@@ -370,6 +378,8 @@ class Search:
     def answer_reports(self, trial: Any, position: int, reports: int, verdicts: int) -> str | None:
         """Report each of a run's validations to the study and answer whether to prune, until
         the run ends; ``"epoch E of M"`` if it was pruned."""
+        from esc50_lightning.training.search_trial import GO, PRUNE
+
         pruned = None
         with open(reports, closefd=False) as lines:
             for line in lines:

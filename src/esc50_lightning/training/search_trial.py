@@ -35,7 +35,6 @@ class ReportToSearch(Callback):
         self.metric = metric
         self.to_search, self.from_search = to_search, from_search
         self.connected = True
-        self.pruned = False
 
     def _ask(self, line: dict[str, Any]) -> str:
         """Send one report, read the verdict; ``go`` if the search has gone away."""
@@ -69,5 +68,4 @@ class ReportToSearch(Callback):
                 log.info("epoch %d: the search prunes this trial (%s %.4f)", epoch, self.metric, value)
         # every rank stops together (under DDP only rank zero asked)
         if trainer.strategy.broadcast(prune, src=0):
-            self.pruned = True
             trainer.should_stop = True
