@@ -19,7 +19,7 @@ def _evaluate(cfg: DictConfig) -> dict:
     return evaluate(cfg)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://esc50_lightning.conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
     metrics = guarded_task(_evaluate, cfg)
     return metrics["test"]["acc"] if metrics else None

@@ -19,7 +19,7 @@ def _train(cfg: DictConfig) -> dict:
     return train(cfg)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://esc50_lightning.conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = guarded_task(_train, cfg)
     return metrics.get("headline", {}).get("acc") if metrics else None

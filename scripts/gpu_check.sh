@@ -6,7 +6,7 @@
 #   bash scripts/gpu_check.sh
 #
 # 1. env.txt: the GPU, versions, whether an MPS daemon runs;
-# 2. fastpath.md/.json: python -m esc50_lightning.bench.fastpath for cnn8 and the long-schedule
+# 2. fastpath.md/.json: python -m benchmarks.fastpath for cnn8 and the long-schedule
 #    recipe (experiment=long_schedule: its vgg8, frontend and augmentation): today's path,
 #    device-resident data alone, and speed=gpu_fast's (resident, batch 256, bf16, channels_last,
 #    torch.compile) side by side; again without compile if the compiled run fails;
@@ -47,14 +47,14 @@ fi
 COMPILE=${COMPILE:-true}
 if [[ " $STEPS " == *" bench "* ]]; then
   note "bench.fastpath (${BENCH_ARGS[*]}) ..."
-  if timeout $(($(left) < 420 ? $(left) : 420)) $PY -m esc50_lightning.bench.fastpath --device "$DEVICE" "${BENCH_ARGS[@]}" \
+  if timeout $(($(left) < 420 ? $(left) : 420)) $PY -m benchmarks.fastpath --device "$DEVICE" "${BENCH_ARGS[@]}" \
     --json "$OUT/fastpath.json" >"$OUT/fastpath.md" 2>"$OUT/fastpath.err"; then
     note "bench.fastpath done"
   else
     note "bench.fastpath failed (exit $?; fastpath.err); again without torch.compile"
     COMPILE=false
     if (($(left) > 240)); then
-      timeout $(($(left) < 300 ? $(left) : 300)) $PY -m esc50_lightning.bench.fastpath --device "$DEVICE" "${BENCH_ARGS[@]}" --no-compile \
+      timeout $(($(left) < 300 ? $(left) : 300)) $PY -m benchmarks.fastpath --device "$DEVICE" "${BENCH_ARGS[@]}" --no-compile \
         --json "$OUT/fastpath_nocompile.json" >"$OUT/fastpath_nocompile.md" 2>"$OUT/fastpath_nocompile.err" ||
         note "bench.fastpath --no-compile failed too (exit $?)"
     fi

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -22,9 +23,10 @@ from hydra.utils import instantiate
 from torch.optim.swa_utils import AveragedModel
 from torch.profiler import ProfilerActivity, profile
 
-from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.factory import build_module
 from esc50_lightning.training.ema import count_on_host
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the project's top-level configs
 
 
 def measure(choice: str, steps: int = 50) -> tuple[float, int]:

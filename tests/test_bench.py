@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m esc50_lightning.bench``: it runs on real clips and prints its tables.
+"""Smoke test of ``python -m benchmarks``: it runs on real clips and prints its tables.
 
 Timings are never asserted: only that every section and row is there and the figures are numbers.
 """
@@ -21,7 +21,7 @@ def test_bench_quick_path_prints_every_table(esc50_root: Path, tmp_path: Path) -
     out = tmp_path / "bench.json"
     args = ["--limit-per-class", "1", "--repeats", "1", "--steps", "1", "--models", "cnn4"]
     args += ["--variants", f"fp32,{FAST}", "--threads", "1", "--json", str(out), "--root", str(esc50_root)]
-    proc = run_command(["-m", "esc50_lightning.bench", *args], env=command_env(esc50_root, tmp_path))
+    proc = run_command(["-m", "benchmarks", *args], env=command_env(esc50_root, tmp_path))
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     for heading in ("### 1. Input pipeline", "### 2. Train step", "### 3. Startup", "### Targets"):
@@ -66,7 +66,7 @@ def test_bench_device_without_cuda_is_one_error_line(esc50_root: Path, tmp_path:
     # refused the same way, before any data is read.
     env = command_env(esc50_root, tmp_path, CUDA_VISIBLE_DEVICES="")
     for device, expected in (("cuda", "no CUDA device is available"), ("gpu0", "use auto, cpu or cuda")):
-        proc = run_warm(["-m", "esc50_lightning.bench", "--device", device, "--root", esc50_root], env=env)
+        proc = run_warm(["-m", "benchmarks", "--device", device, "--root", esc50_root], env=env)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: --device {device}: "), proc.stderr

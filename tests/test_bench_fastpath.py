@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m esc50_lightning.bench.fastpath`` (in-process, tiny settings): the table
+"""Smoke test of ``python -m benchmarks.fastpath`` (in-process, tiny settings): the table
 has a row per model and path with numbers in every measured cell. Timings are never asserted."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from esc50_lightning.bench import fastpath
+from benchmarks import fastpath
 
 
 def test_fastpath_bench_prints_a_row_per_model_and_path(

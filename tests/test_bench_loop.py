@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m esc50_lightning.bench.loop``: framework vs bare loop on real clips.
+"""Smoke test of ``python -m benchmarks.loop``: framework vs bare loop on real clips.
 
 Timings are never asserted: only that both sides ran every epoch and the report adds up.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import TINY, command_env, run_command
 
-from esc50_lightning.bench import loop as bench_loop
-from esc50_lightning.bench.loop import side_order
+from benchmarks import loop as bench_loop
+from benchmarks.loop import side_order
 
 
 def test_bench_loop_times_both_sides_and_reports_their_ratio(
@@ -23,7 +23,7 @@ def test_bench_loop_times_both_sides_and_reports_their_ratio(
     out = tmp_path / "loop.json"
     # The bench sets trainer.max_epochs itself (--epochs), after these overrides.
     overrides = [TINY, "model=cnn4", "augmentation=mixup", "optim=adamw_onecycle", "features.crop=[64,128]"]
-    args = ["-m", "esc50_lightning.bench.loop", "--epochs", "2", "--rounds", "1", "--json", str(out)]
+    args = ["-m", "benchmarks.loop", "--epochs", "2", "--rounds", "1", "--json", str(out)]
     proc = run_command([*args, *overrides], env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     raw = json.loads(out.read_text())

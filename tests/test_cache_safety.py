@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from helpers import command_env, make_subset, run_command, snapshot, start_command
 
-from esc50_lightning import cache as cache_cli
+from esc50_lightning.commands import cache as cache_cli
 from esc50_lightning.data import FoldedAudioDataModule, store
 from esc50_lightning.data.store import ArrayCache, file_lock
 from esc50_lightning.data.table import DatasetSpec

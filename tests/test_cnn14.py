@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.paths import CONF_DIR
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.errors import UserError
 from esc50_lightning.factory import build_features, build_module
 from esc50_lightning.features.logmel import panns_filterbank
@@ -238,13 +238,13 @@ def test_finetune_trains_on_real_clips(run_train, reference, tmp_path: Path, esc
     assert "epoch 2/2" in out, out[-3000:]
     ckpts = list(tmp_path.rglob("last.ckpt"))
     assert len(ckpts) == 1
-    from esc50_lightning.checkpoints.record import load_classifier
+    from esc50_lightning.factory import load_classifier
 
     module, info = load_classifier(ckpts[0])  # rebuilt without the published file
     assert info["data"]["sample_rate"] == SR
     assert isinstance(module.net, Cnn14) and module.net.head.out_features == 50
     # Export: the frontend inside, 32 kHz waveforms in, the checkpoint's own logits out.
-    from esc50_lightning.export import export
+    from esc50_lightning.commands.export import export
 
     written = export(ckpts[0], tmp_path / "export", onnx=False)
     scripted = torch.jit.load(str(written["torchscript"]))
@@ -261,7 +261,7 @@ def test_finetune_trains_on_real_clips(run_train, reference, tmp_path: Path, esc
     metrics = json.loads((scored / "metrics.json").read_text())
     assert metrics["clips"] == 50 and 0.0 <= metrics["test"]["acc"] <= 1.0 and "epoch 2" in shown
     # ... and predict names ESC-50 classes for a real 44.1 kHz file
-    from esc50_lightning import predict
+    from esc50_lightning.commands import predict
 
     wav = next((esc50_root / "audio").glob("1-*.wav"))
     with pytest.raises(SystemExit) as done:
@@ -312,7 +312,7 @@ def test_predict_tags_audioset_with_the_published_file(
 
 def test_bench_measures_cnn14_on_its_own_frontend(esc50_root: Path, tmp_path: Path) -> None:
     """``bench --models cnn14``: its config is the recipe's (32 kHz, PANNs' frontend), random weights."""
-    from esc50_lightning.bench.pipeline import bench_config, build_parser
+    from benchmarks.pipeline import bench_config, build_parser
 
     args = build_parser().parse_args(["--models", "cnn14", "--root", str(esc50_root)])
     cfg = bench_config(args, tmp_path, model="cnn14")

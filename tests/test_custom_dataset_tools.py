@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from helpers import run_command, run_dirs, us8k_overrides
 
-from esc50_lightning import export, report
+from esc50_lightning.commands import export, report
 
 CUSTOM = {"dog", "rooster", "rain", "sea_waves", "crackling_fire"}
 CUSTOM |= {"crying_baby", "sneezing", "clock_tick", "helicopter", "chainsaw"}

@@ -12,8 +12,7 @@ from helpers import command_env, hydra_args, make_subset, run_command, run_dirs
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from esc50_lightning.checkpoints.record import load_classifier
-from esc50_lightning.factory import build_logmel
+from esc50_lightning.factory import build_logmel, load_classifier
 
 
 def test_ddp_two_processes_match_a_single_process(esc50_root: Path, tmp_path: Path) -> None:

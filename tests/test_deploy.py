@@ -15,9 +15,9 @@ import torch
 import torchaudio.functional as AF
 from helpers import command_env, run_command, run_dirs, run_warm
 
-from esc50_lightning import pack, predict
-from esc50_lightning.checkpoints.record import load_classifier
+from esc50_lightning.commands import pack, predict
 from esc50_lightning.data.audio import fit_length, read_mono
+from esc50_lightning.factory import load_classifier
 
 SR = 44100
 CLIP = 5 * SR

@@ -7,8 +7,8 @@ import json
 import lightning as L
 import torch
 
-from esc50_lightning.checkpoints.record import load_classifier
 from esc50_lightning.data import FoldedAudioDataModule
+from esc50_lightning.factory import load_classifier
 
 
 def test_holdout_reports_test_fold_with_checkpoint_selected_on_validation(holdout_run, esc50_root, cache_dir):

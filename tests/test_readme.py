@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, command_env, run_command, run_dirs
-from hydra import compose, initialize_config_module
+from helpers.paths import CONF_DIR
+from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -126,7 +127,7 @@ def test_readme_command_runs(line, request, esc50_root, tmp_path, capsys, monkey
         if "-m" in argv:
             overrides = first_of_each_sweep(overrides)
         GlobalHydra.instance().clear()
-        with initialize_config_module("esc50_lightning.conf", version_base="1.3"):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             compose(argv[0].removesuffix(".py"), overrides=overrides, return_hydra_config=True)
         return
 

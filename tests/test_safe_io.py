@@ -15,12 +15,12 @@ import soundfile as sf
 import torch
 from helpers import make_subset
 
-from esc50_lightning import export, predict
-from esc50_lightning.checkpoints.record import load_classifier
+from esc50_lightning.commands import export, predict
 from esc50_lightning.data import FoldedAudioDataModule
 from esc50_lightning.data.audio import AudioReadError, read_mono
 from esc50_lightning.data.table import DatasetSpec
 from esc50_lightning.errors import DataError
+from esc50_lightning.factory import load_classifier
 
 SHIPPED = predict.PRETRAINED
 PACKAGE = export.PACKAGE_DIR
@@ -334,7 +334,7 @@ def test_a_forced_export_whose_onnx_fails_leaves_no_earlier_onnx(
 
 def test_command_line_mistakes_are_one_error_line(capsys: pytest.CaptureFixture) -> None:
     """argparse's usage block is not printed before the error: one line, exit status 2."""
-    from esc50_lightning import cache, pack, report
+    from esc50_lightning.commands import cache, pack, report
 
     for main, argv, expected in [
         (predict.main, [], "error: the following arguments are required: FILE_OR_DIR"),

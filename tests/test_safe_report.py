@@ -15,7 +15,7 @@ import pytest
 from helpers import REPO, TINY, command_env, run_command, run_dirs, run_warm
 from omegaconf import OmegaConf
 
-from esc50_lightning import report
+from esc50_lightning.commands import report
 from esc50_lightning.hydra_ext.task import expand_short_forms
 
 # One epoch of two batches, one clip per class and fold: the report needs a finished run, not a good one.

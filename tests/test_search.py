@@ -176,7 +176,7 @@ def test_hparams_search_parallel_trials_over_two_folds_one_pruned(run_train, tmp
     completes: its objective is the mean of the two validation folds' (1 and 2) final losses. The
     pruner prunes the second at its first report: its run stops after epoch 1 of 2 and fold 3 is
     never trained. The two trials overlapped in time."""
-    from esc50_lightning.search_summary import trials_table
+    from esc50_lightning.commands.search_summary import trials_table
 
     tests = Path(__file__).parent
     proc = run_train(
@@ -221,9 +221,8 @@ def test_every_search_space_names_keys_the_config_has():
     categorical choice composes, and a choice written as a list reaches the config as that list."""
     import yaml
     from helpers import compose_config
+    from helpers.paths import CONF_DIR
     from omegaconf import ListConfig, OmegaConf
-
-    from esc50_lightning.conf import CONF_DIR
 
     spaces = sorted(p.stem for p in (Path(CONF_DIR) / "hparams_search").glob("*.yaml"))
     assert {"lr_wd", "recipe", "augment", "long_schedule"} <= set(spaces)

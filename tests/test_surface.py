@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from helpers import REPO, run_dirs
+from helpers.paths import CONF_DIR
 
 from esc50_lightning.checkpoints.record import (
     EPOCHS_FROM,
@@ -15,7 +16,6 @@ from esc50_lightning.checkpoints.record import (
     load_classifier,
     read_checkpoint,
 )
-from esc50_lightning.conf import CONF_DIR
 
 SHIPPED = REPO / "src" / "esc50_lightning" / "pretrained" / "esc50_fold1.ckpt"
 

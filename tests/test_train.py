@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import compose_config, run_dirs
+from helpers.paths import CONF_DIR
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from esc50_lightning.conf import CONF_DIR
 
 CONF = CONF_DIR
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from esc50_lightning.conf import CONF_DIR
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from esc50_lightning.checkpoints.record import load_classifier
-from esc50_lightning.conf import CONF_DIR
+from esc50_lightning.factory import load_classifier
 from esc50_lightning.tasks.evaluate import eval_data_config
 
 OFFSET_SETS = {"centre": None, "all": "all", "2-6": range(2, 7), "3-5": range(3, 6)}

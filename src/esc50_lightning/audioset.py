@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
+from esc50_lightning.checkpoints.record import load_weights_only
 from esc50_lightning.data.audio import clip_samples
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel
 from esc50_lightning.features.logmel import PANNS
-from esc50_lightning.models.cnn14 import AUDIOSET_CLASSES, Cnn14, load_weights_only
+from esc50_lightning.models.cnn14 import AUDIOSET_CLASSES, Cnn14
 from esc50_lightning.training.classifier import AudioClassifier
 
 LABELS = Path(__file__).resolve().parent / "pretrained" / "audioset_labels.csv"

@@ -1,21 +1,29 @@
-"""Config to objects: the feature extractor, the network and the LightningModule a config names."""
+"""The one place a Hydra config or a checkpoint's run record becomes objects: the frontend, the
+network and the LightningModule (and, for training, the data, callbacks, loggers and Trainer).
+
+A config is the user's own, so Hydra instantiates it. A run record comes from a file, so only
+registry keys (``registry.py``) and plain values are read from it, never a name to import."""
 
 from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from esc50_lightning.checkpoints.record import FORMAT, checkpoint_path, plain_state_dict, read_checkpoint
 from esc50_lightning.data.audio import clip_samples
 from esc50_lightning.errors import UserError
 from esc50_lightning.features import FeatureExtractor, LogMel
 from esc50_lightning.features.extractor import SAME_AS_CROP
 from esc50_lightning.models.blocks import InputNorm
+from esc50_lightning.models.ensemble import Ensemble
+from esc50_lightning.registry import MODELS, weight_arguments
 from esc50_lightning.training.classifier import AudioClassifier, OptimizerFactory, SchedulerFactory
 from esc50_lightning.training.schedules import try_schedule
 
@@ -109,14 +117,23 @@ def check_input_rows(net: torch.nn.Module, features: FeatureExtractor) -> None:
             )
 
 
-def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None = None) -> AudioClassifier:
+def build_module(
+    cfg: DictConfig,
+    class_names: list[str],
+    logmel: LogMel | None = None,
+    data: dict[str, Any] | None = None,
+) -> AudioClassifier:
+    """The LightningModule a training config names. With ``data`` (the data module's
+    ``describe()``) it carries its run record (``run_record``): what a checkpoint of it holds to
+    rebuild the network without the config."""
+    class_names = list(class_names)
     net = instantiate_setting(cfg.model.net, "model.net", num_classes=len(class_names))
     features = build_features(cfg, logmel)
     check_input_rows(net, features)
     if hasattr(net, "check_frontend"):  # pretrained weights that need their own frontend (cnn14)
         net.check_frontend(features.logmel)
     optim = scaled_optim(cfg)
-    return AudioClassifier(
+    module = AudioClassifier(
         net=net,
         features=features,
         optimizer=build_optimizer(optim),
@@ -130,6 +147,135 @@ def build_module(cfg: DictConfig, class_names: list[str], logmel: LogMel | None 
         compile=cfg.get("compile", False),
         backbone_lr_scale=optim.get("backbone_lr_scale"),
     )
+    if data is not None:
+        module.run_info = run_record(cfg, type(net), data)
+    return module
+
+
+# ---- run records: what a checkpoint holds, and the model rebuilt from it -------------------------
+
+
+def _plain(value: Any, key: str) -> Any:
+    """A config value as a run record may hold it: numbers, strings, lists, mappings."""
+    if isinstance(value, dict):
+        if "_target_" in value:
+            raise UserError(f"{key} builds an object; a checkpoint records only plain values here")
+        return {k: _plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{key}[{n}]") for n, v in enumerate(value)]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise UserError(f"{key}={value!r} is not a number, string or list, which a checkpoint records")
+
+
+def _settings(node: Any, key: str, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config node's constructor arguments (its ``_target_`` and ``drop`` left out), resolved."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    return {k: _plain(v, f"{key}.{k}") for k, v in values.items() if k != "_target_" and k not in drop}
+
+
+def run_record(cfg: DictConfig, net_class: type, data: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint records to rebuild this run's trained network: registry keys and plain
+    values, never a name of code or a path (``checkpoints/record.py`` checks them on reading)."""
+    if get_class(cfg.features.logmel._target_) is not LogMel:
+        raise UserError("features.logmel._target_ must be esc50_lightning.features.LogMel")
+    features = cfg.features
+    return {
+        "format": FORMAT,
+        "model_name": str(cfg.model.name),
+        "net": {
+            "class": MODELS.key_of(net_class),
+            "kwargs": _settings(cfg.model.net, "model.net", weight_arguments(net_class)),
+        },
+        "features": {
+            "logmel": _settings(features.logmel, "features.logmel"),
+            "crop": _plain(OmegaConf.to_container(features, resolve=True)["crop"], "features.crop"),
+            "eval_crop": _plain(
+                OmegaConf.to_container(features, resolve=True).get("eval_crop", SAME_AS_CROP),
+                "features.eval_crop",
+            ),
+            "eval_crops": int(features.get("eval_crops", 1)),
+            "normalize": bool(features.normalize),
+        },
+        "data": data,
+        "seed": cfg.get("seed"),
+        "precision": str(cfg.trainer.get("precision")),
+    }
+
+
+def build_net(part: dict[str, Any], num_classes: int, where: str) -> torch.nn.Module:
+    """The network a verified run record names (``{"class": key, "kwargs": {...}}``), untrained."""
+    cls = MODELS.resolve(part["class"], where)
+    kwargs = dict(part.get("kwargs") or {})
+    if held := [k for k in weight_arguments(cls) if k in kwargs]:
+        raise UserError(f"{where}: its run record sets {', '.join(held)}; weights come from the checkpoint")
+    kwargs["num_classes"] = num_classes
+    try:
+        return cls(**kwargs)
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{where}: its {part['class']} settings do not build ({_first_line(err)})") from None
+
+
+def features_from_record(record: dict[str, Any], where: str) -> FeatureExtractor:
+    """The evaluation frontend a run record describes (no augmentation: only training uses it)."""
+    features, data = record["features"], record["data"]
+    try:
+        logmel = LogMel(**features["logmel"])
+        return FeatureExtractor(
+            logmel,
+            clip_samples(data["sample_rate"], data["clip_seconds"]),
+            crop=crop_from_config(features.get("crop")),
+            normalize=bool(features.get("normalize", True)),
+            eval_crop=crop_from_config(features.get("eval_crop", SAME_AS_CROP)),
+            eval_crops=features.get("eval_crops", 1),
+        )
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{where}: its features do not build ({_first_line(err)})") from None
+
+
+def net_from_record(record: dict[str, Any], where: str) -> torch.nn.Module:
+    """The network of a run record: one registry class, or an ensemble of several."""
+    n = len(record["data"]["class_names"])
+    net = record["net"]
+    if net["class"] == "ensemble":
+        return Ensemble([build_net(m, n, where) for m in net["members"]], num_classes=n)
+    return build_net(net, n, where)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{err.__class__.__name__}: {text[0][:200]}" if text else err.__class__.__name__
+
+
+def classifier_from_record(ckpt: dict[str, Any], where: str) -> AudioClassifier:
+    """The trained classifier a verified checkpoint (``read_checkpoint``) holds, in eval mode."""
+    record = ckpt["esc50"]
+    net = net_from_record(record, where)
+    features = features_from_record(record, where)
+    check_input_rows(net, features)
+    module = AudioClassifier(
+        net=net, features=features, optimizer=None, class_names=record["data"]["class_names"]
+    )
+    try:
+        module.load_state_dict(plain_state_dict(ckpt["state_dict"]))
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()
+        shown = "; ".join(line.strip() for line in detail[1:3]) or detail[0]
+        raise UserError(f"{where}: its weights do not fit the model it names ({shown[:200]})") from None
+    module.float()  # packed checkpoints store float16
+    module.run_info = record
+    module.history = list(record.get("history", []))
+    return module.eval()
+
+
+def load_classifier(path: str | Path) -> tuple[AudioClassifier, dict[str, Any]]:
+    """Read and verify a checkpoint, and rebuild the trained classifier it holds."""
+    ckpt = read_checkpoint(path)
+    return classifier_from_record(ckpt, str(checkpoint_path(path))), ckpt["esc50"]
 
 
 LR_SCALING = ("linear", "sqrt")
@@ -202,3 +348,65 @@ def build_scheduler(optim: DictConfig) -> SchedulerFactory | None:
     except (ValueError, TypeError) as err:
         raise refused("optim.scheduler", optim.scheduler, err) from err
     return factory
+
+
+# ---- training: data, callbacks, loggers and the Trainer a config names ------------------------
+
+
+def build_datamodule(cfg: DictConfig, logmel: LogMel) -> Any:
+    """The config's data module (``data``), which caches ``logmel``'s features."""
+    return instantiate_setting(cfg.data, "data", frontend=logmel)
+
+
+def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[Any]:
+    """The callbacks group's callbacks, less those the config turns off: early stopping without
+    a patience, a learning-rate monitor without a logger (Lightning refuses it), and the progress
+    bar, summary or checkpoints a ``trainer.enable_*: false`` turns off."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
+    from lightning.pytorch.callbacks.progress import ProgressBar
+
+    from esc50_lightning.tasks.checks import early_stopping_on
+
+    callbacks = [
+        instantiate_setting(c, f"callbacks.{key}")
+        for key, c in (cfg.get("callbacks") or {}).items()
+        if c and not (key == "early_stopping" and not early_stopping_on(cfg))
+    ]
+    if not with_loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    for flag, kind in (
+        ("enable_progress_bar", ProgressBar),
+        ("enable_model_summary", ModelSummary),
+        ("enable_checkpointing", ModelCheckpoint),
+    ):
+        if cfg.trainer.get(flag) is False:
+            callbacks = [c for c in callbacks if not isinstance(c, kind)]
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    return [instantiate_setting(c, f"logger.{key}") for key, c in (cfg.get("logger") or {}).items() if c]
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> Any:
+    """The config's Trainer. The callbacks group alone decides on the progress bar, the summary and
+    checkpoints (Lightning would add its own, counting epochs from 0); checkpoints are written
+    atomically unless the config names another CheckpointIO."""
+    from lightning.fabric.plugins import CheckpointIO
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks.progress import ProgressBar
+
+    from esc50_lightning.checkpoints.io import AtomicCheckpointIO
+
+    plugins = [instantiate(p) if isinstance(p, DictConfig) else p for p in cfg.trainer.get("plugins") or []]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())  # never a half-written last.ckpt after kill -9
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=plugins,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        enable_model_summary=False,  # the flag adds Lightning's summary; the group's runs anyway
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from esc50_lightning.conf import CONF_DIR
+from helpers.paths import CONF_DIR
 
 
 def compose_config(*overrides: str, config: str = "train", hydra: bool = False) -> DictConfig:

@@ -1,219 +1,249 @@
-"""Read a checkpoint the project wrote and rebuild the trained model it holds."""
+"""Read and verify a checkpoint as data: tensors and plain values, a run record of registry keys.
+
+Nothing here builds objects (``factory.py`` does, from the verified record) and nothing read from
+the file is used as a path, a name to import or an interpolation to resolve. The whole file is
+checked, not only the parts a command reads, so every command refuses the same files.
+"""
 
 from __future__ import annotations
 
-import copy
+import errno
+import importlib
+import math
 import pickle
+import re
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from esc50_lightning.errors import UserError
-from esc50_lightning.factory import build_module
-from esc50_lightning.training.classifier import AudioClassifier
 
-# Modules that moved in version 1.0: the configs recorded in older checkpoints name the old places.
-MOVED_MODULES = {
-    "esc50_lightning.schedules": "esc50_lightning.training.schedules",
-    "esc50_lightning.time_budget": "esc50_lightning.training.time_budget",
-    "esc50_lightning.classifier": "esc50_lightning.training.classifier",
-    "esc50_lightning.metrics": "esc50_lightning.training.metrics",
-    "esc50_lightning.sweep": "esc50_lightning.hydra_ext.sweep",
-    "esc50_lightning.run_dirs": "esc50_lightning.hydra_ext.run_dirs",
-    "esc50_lightning.checkpoint_io": "esc50_lightning.checkpoints.io",
-    "esc50_lightning.features.frontend": "esc50_lightning.features",
-    "esc50_lightning.data.cache": "esc50_lightning.data.store",
-}
+# The run record's layout. Version 2 names parts by registry key with plain keyword values.
+FORMAT = 2
 
-# Lightning callbacks that 1.0 replaced with subclasses counting epochs from 1 for users.
-REPLACED_CLASSES = {
-    f"lightning.pytorch.callbacks.{old}": f"esc50_lightning.training.display.{new}"
-    for old, new in (
-        ("ModelCheckpoint", "ModelCheckpoint"),
-        ("RichProgressBar", "ProgressBar"),
-        ("RichModelSummary", "ModelSummary"),
+# Values a checkpoint may hold anywhere: plain data and tensors (what weights_only can load).
+_SCALARS = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.Size)
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """``path`` as a regular file that exists, or a ``UserError`` saying what it is instead (a
+    FIFO or a device would block a reader; a symlink loop cannot be opened)."""
+    path = Path(path).expanduser()
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"{path}: a symbolic link that loops; give the checkpoint file itself") from None
+        raise UserError(f"{path}: checkpoint not found") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path}: is a folder, not a checkpoint file")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: not a regular file (a pipe or a device?); give a checkpoint file")
+    return path
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """A string from a file as it may be printed: control characters escaped, cut short."""
+    shown = repr(text)[1:-1]
+    return shown[:limit] + ("..." if len(shown) > limit else "")
+
+
+def _plain_problem(value: Any, where: str, depth: int = 0) -> str | None:
+    """What makes ``value`` (found at ``where``) something other than plain data, or None."""
+    if depth > 64:
+        return f"{where} nests too deeply"
+    if isinstance(value, str):
+        if not value.isprintable():
+            return f"{where} holds a string with control characters"
+        if "${" in value:
+            return f"{where} holds an interpolation (${{...}}); a checkpoint holds plain values"
+        return None
+    if isinstance(value, (torch.Tensor, *_SCALARS)):
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                if problem := _plain_problem(key, f"{where} key", depth + 1):
+                    return problem
+                if key.startswith("_") and key.endswith("_") and len(key) > 2:
+                    return f"{where} holds {key}: a checkpoint names no code to build"
+            elif not isinstance(key, int):
+                return f"{where} has a key of type {type(key).__name__}"
+            if problem := _plain_problem(item, f"{where}.{key}" if where else str(key), depth + 1):
+                return problem
+        return None
+    if isinstance(value, list | tuple | set):
+        for n, item in enumerate(value):
+            if problem := _plain_problem(item, f"{where}[{n}]", depth + 1):
+                return problem
+        return None
+    return f"{where} holds a {type(value).__name__}"
+
+
+def _is_plain_value(value: Any) -> bool:
+    """A keyword value a record may pass to a constructor: numbers, strings, lists, mappings."""
+    if isinstance(value, bool | int | str) or value is None:
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_is_plain_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain_value(v) for k, v in value.items())
+    return False
+
+
+def _number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     )
-}
-
-# The run record's key saying its history counts epochs from 1; records without it count from 0.
-EPOCHS_FROM = "epochs_from"
 
 
-def moved_target(target: str) -> str:
-    """A ``_target_`` as it reads after the move (``esc50_lightning.schedules.warmup_cosine`` →
-    ``esc50_lightning.training.schedules.warmup_cosine``); other targets are returned unchanged."""
-    if target in REPLACED_CLASSES:
-        return REPLACED_CLASSES[target]
-    module, _, name = target.rpartition(".")
-    return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else target
+def _check_part(part: Any, where: str, bad: Any) -> None:
+    """``{"class": key, "kwargs": {...}}``: a registry key and plain keyword values."""
+    if not isinstance(part, dict) or not isinstance(part.get("class"), str):
+        raise bad(f"{where} names no registry class")
+    kwargs = part.get("kwargs", {})
+    if not isinstance(kwargs, dict) or not _is_plain_value(kwargs):
+        raise bad(f"{where}.kwargs are not plain values (numbers, strings, lists)")
 
 
-def count_epochs_from_1(record: dict[str, Any]) -> dict[str, Any]:
-    """A run record (``ckpt["esc50"]``) with its history's epochs counted from 1, as 1.0 writes
-    them; records written before counted from 0, as Lightning does. Changes ``record`` in place."""
-    if record.get(EPOCHS_FROM) != 1:
-        record["history"] = [{**h, "epoch": h["epoch"] + 1} for h in record.get("history") or []]
-        record[EPOCHS_FROM] = 1
-    return record
-
-
-def _update_targets(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {
-            k: moved_target(v) if k == "_target_" and isinstance(v, str) else _update_targets(v)
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_update_targets(v) for v in node]
-    return node
-
-
-# Where the config inside a checkpoint may point ``hydra.utils.instantiate``: this package's classes,
-# torch's optimisers and schedules, Lightning's trainer, callbacks and loggers. A config from someone
-# else's file naming anything else (``os.system``, ``subprocess.run``...) would run code when the
-# model is rebuilt.
-ALLOWED_TARGETS = ("esc50_lightning.", "torch.optim.", "lightning.pytorch.")
-
-
-def _refusal(err: Exception) -> str:
-    """The line of torch's weights-only refusal that names the object, e.g. ``GLOBAL posix.system``."""
-    for line in str(err).splitlines():
-        if "GLOBAL" in line or "Unsupported" in line:
-            return line.strip().rstrip(".")
-    return err.__class__.__name__
-
-
-def _targets(node: Any, key: str = "") -> list[tuple[str, str]]:
-    """Every ``(config key, _target_)`` in a config tree."""
-    found = []
-    if isinstance(node, dict):
-        for k, v in node.items():
-            where = f"{key}.{k}" if key else str(k)
-            if k == "_target_":
-                found.append((where, v))
-            else:
-                found += _targets(v, where)
-    elif isinstance(node, list):
-        for n, v in enumerate(node):
-            found += _targets(v, f"{key}[{n}]")
-    return found
-
-
-def _check_record(path: Path, ckpt: Any) -> None:
-    """Refuse a file whose contents are not what this project writes, naming what is wrong."""
+def check_record(path: Path, record: Any) -> None:
+    """Refuse a run record that is not what this project writes, naming what is wrong."""
 
     def bad(what: str) -> UserError:
         return UserError(f"{path}: not a usable esc50-lightning checkpoint ({what})")
 
-    if not isinstance(ckpt, dict) or "esc50" not in ckpt or "state_dict" not in ckpt:
-        raise bad("no 'esc50' run record and 'state_dict'")
-    state, info = ckpt["state_dict"], ckpt["esc50"]
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise bad("'state_dict' is not a mapping of names to tensors")
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-        raise bad("the run record holds no config")
-    net = (
-        (info["config"].get("model") or {}).get("net")
-        if isinstance(info["config"].get("model"), dict)
-        else None
-    )
-    if not isinstance(net, dict) or not isinstance(net.get("_target_"), str):
-        raise bad("the run record's config names no model.net._target_")
-    data = info.get("data")
-    names = data.get("class_names") if isinstance(data, dict) else None
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+    if not isinstance(record, dict):
+        raise bad("its run record is not a mapping")
+    if record.get("format") != FORMAT:
+        raise bad(
+            "its run record is from esc50-lightning 1.0 or older, which named code to build; "
+            "retrain it, or re-save it with the version that wrote it"
+            if "config" in record
+            else "its run record has no known format"
+        )
+    net = record.get("net")
+    if isinstance(net, dict) and net.get("class") == "ensemble":
+        members = net.get("members")
+        if not isinstance(members, list) or len(members) < 2:
+            raise bad("its ensemble lists fewer than two members")
+        for n, member in enumerate(members):
+            _check_part(member, f"net.members[{n}]", bad)
+    else:
+        _check_part(net, "net", bad)
+    features = record.get("features")
+    if not isinstance(features, dict) or not _is_plain_value(features):
+        raise bad("its features are not plain values")
+    if not isinstance(features.get("logmel"), dict):
+        raise bad("its features name no log-mel settings")
+    data = record.get("data")
+    if not isinstance(data, dict):
+        raise bad("the run record has no data description")
+    names = data.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise bad("the run record has no list of class names")
     for key in ("sample_rate", "clip_seconds"):
-        if not isinstance(data.get(key), int | float) or isinstance(data.get(key), bool) or data[key] <= 0:
-            raise bad(f"data.{key}={data.get(key)!r} in the run record is not a positive number")
-    history = info.get("history", [])
+        if not _number(data.get(key)):
+            raise bad(f"data.{key} in the run record is not a positive number")
+    splits = data.get("splits")
+    if not isinstance(splits, dict) or not all(
+        isinstance(splits.get(k), list) and all(isinstance(f, int) for f in splits[k])
+        for k in ("train", "val", "test")
+    ):
+        raise bad("the run record's data.splits are not lists of folds")
+    if data.get("protocol") not in ("cv", "holdout"):
+        raise bad("the run record's data.protocol is neither cv nor holdout")
+    history = record.get("history", [])
     if not isinstance(history, list) or not all(
         isinstance(h, dict) and isinstance(h.get("epoch"), int) for h in history
     ):
         raise bad("the run record's history is not a list of epochs")
-    for key, target in _targets(info["config"]):
-        if not isinstance(target, str) or not moved_target(target).startswith(ALLOWED_TARGETS):
-            raise bad(f"config {key}={target!r} is not a class of esc50-lightning, torch.optim or Lightning")
 
 
-UNREADABLE = "not a readable checkpoint (not a file torch.save wrote, or damaged)"
+def _check_weights(path: Path, state: Any) -> None:
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise UserError(
+            f"{path}: not a usable esc50-lightning checkpoint ('state_dict' is not names to tensors)"
+        )
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(
+                f"{path}: weight '{_shown(key)}' holds NaN or infinite values; this model cannot be used"
+            )
 
 
-def checkpoint_path(path: str | Path) -> Path:
-    """``path`` as a checkpoint file that exists, or a ``UserError`` saying what it is instead."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    return path
+# numpy arrays, scalars and dtypes: data a training script may have saved next to the weights (a
+# sampler's state, say). Allowed, by name, when a file holds them; nothing else is.
+NUMPY_DATA = ("_reconstruct", "scalar", "ndarray", "dtype")
+_REFUSED = re.compile(r"GLOBAL (\S+)|but got <class '([^']+)'>")
+
+
+def _numpy_data(name: str) -> tuple[Any, str] | None:
+    """``(object, name)`` for ``torch.serialization.safe_globals`` if ``name`` is numpy data."""
+    module, _, attr = name.rpartition(".")
+    if module.split(".")[0] != "numpy":
+        return None
+    if attr not in NUMPY_DATA and not (module == "numpy.dtypes" and attr.endswith("DType")):
+        return None
+    try:
+        return getattr(importlib.import_module(module), attr), name
+    except (ImportError, AttributeError):
+        return None
+
+
+def load_weights_only(path: str | Path, what: str = "checkpoint") -> Any:
+    """The one reader of weight files (ours, PANNs', ImageNet's): ``torch.load(weights_only=True)``,
+    so tensors and plain values only (plus numpy data, by name); a file that is not a regular file
+    is refused before it is opened, a file holding anything else in one line."""
+    path = checkpoint_path(path)
+    allowed: list[tuple[Any, str]] = []
+    while True:
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if "Weights only load failed" not in str(err):  # not a pickle at all (e.g. an audio file)
+                raise UserError(
+                    f"{path}: not a readable {what} (not a file torch.save wrote, or damaged)"
+                ) from None
+            found = _REFUSED.search(str(err))
+            name = (found[1] or found[2]) if found else None
+            extra = _numpy_data(name) if name else None
+            if extra is None or extra in allowed:
+                held = f"GLOBAL {_shown(name, 80)}" if name else "an unsupported object"
+                raise UserError(
+                    f"{path}: refused, it holds Python objects that could run code ({held}); "
+                    f"a {what} holds only tensors and plain values"
+                ) from None
+            allowed.append(extra)
+        except Exception:  # truncated, or not a file torch.save wrote: which error depends on the bytes
+            raise UserError(
+                f"{path}: not a readable {what} (not a file torch.save wrote, or damaged)"
+            ) from None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint safely: tensors and plain values only (``weights_only``), so a crafted file
-    cannot run code; its run record is checked before anything is built from it."""
+    """Load a checkpoint as data and verify all of it: tensors and plain values only (torch's
+    ``weights_only``), no names of code, no interpolations, printable strings, finite weights and
+    a run record of the current format. Returns the file's dictionary."""
     path = checkpoint_path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):  # not a pickle at all (e.g. an audio file)
-            raise UserError(f"{path}: {UNREADABLE}") from err
+    ckpt = load_weights_only(path)
+    if not isinstance(ckpt, dict) or "esc50" not in ckpt or "state_dict" not in ckpt:
         raise UserError(
-            f"{path}: refused, it holds Python objects that could run code when loaded ({_refusal(err)}); "
-            "esc50-lightning checkpoints hold only tensors and plain values"
-        ) from err
-    except Exception as err:  # truncated, or not a file torch.save wrote: which error depends on the bytes
-        raise UserError(f"{path}: {UNREADABLE}") from err
-    _check_record(path, ckpt)
-    ckpt["esc50"]["config"] = _update_targets(ckpt["esc50"]["config"])
-    count_epochs_from_1(ckpt["esc50"])
+            f"{path}: not a usable esc50-lightning checkpoint (no 'esc50' run record and 'state_dict')"
+        )
+    if problem := _plain_problem(ckpt, ""):
+        raise UserError(f"{path}: refused, {_shown(problem.lstrip('.'), 160)}")
+    _check_weights(path, ckpt["state_dict"])
+    check_record(path, ckpt["esc50"])
     return ckpt
 
 
 def plain_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """State-dict keys as an uncompiled module has them (torch.compile inserts ``._orig_mod.``)."""
     return {k.replace("._orig_mod.", "."): v for k, v in state.items()}
-
-
-def offline_net(net: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a ``model.net`` config that downloads nothing: weights come from the checkpoint."""
-    net = copy.deepcopy(net)
-    if "pretrained" in net:
-        net["pretrained"] = False
-    if net.get("weights"):  # model=cnn14: the published file was read when training began
-        net["weights"] = None
-    return net
-
-
-def _first_line(err: BaseException) -> str:
-    cause = err.__cause__ or err
-    text = str(cause).strip().splitlines()
-    return f"{cause.__class__.__name__}: {text[0]}" if text else cause.__class__.__name__
-
-
-def load_classifier(path: str | Path) -> tuple[AudioClassifier, dict[str, Any]]:
-    """Rebuild the module a checkpoint was trained with, weights loaded, in eval mode."""
-    ckpt = read_checkpoint(path)
-    info = ckpt["esc50"]
-    config = copy.deepcopy(info["config"])
-    config["model"]["net"] = offline_net(config["model"]["net"])
-    config["compile"] = False
-    try:
-        module = build_module(OmegaConf.create(config), list(info["data"]["class_names"]))
-    except UserError as err:
-        raise UserError(f"{path}: {err}") from err
-    except Exception as err:  # a damaged or hand-edited config: say so instead of a traceback
-        raise UserError(f"{path}: its config does not build a model ({_first_line(err)})") from err
-    try:
-        module.load_state_dict(plain_state_dict(ckpt["state_dict"]))
-    except RuntimeError as err:
-        detail = str(err).strip().splitlines()
-        shown = "; ".join(line.strip() for line in detail[1:3]) or detail[0]
-        raise UserError(f"{path}: its weights do not fit the model its config names ({shown})") from err
-    module.run_info = info
-    module.history = list(info.get("history", []))
-    return module.eval(), info

@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from esc50_lightning.errors import UserError
 
@@ -100,28 +100,29 @@ class EnsembleSweep(Callback):
     def _score(self, config: DictConfig, out: Path, runs: list[Path]) -> None:
         from hydra import compose
 
-        from esc50_lightning.pack import ensemble_checkpoint
+        from esc50_lightning.commands.pack import ensemble_checkpoint
         from esc50_lightning.tasks.evaluate import evaluate
 
         out.mkdir(parents=True, exist_ok=True)
         sources = [run / "checkpoints" / self.checkpoint for run in runs]
         ckpt = ensemble_checkpoint(sources, out / "ensemble.ckpt")
-        # eval.py's own config (conf/eval.yaml, beside the sweep's), with the sweep's data options;
-        # paths quoted, so that commas or spaces in them stay part of the value.
-        limit = OmegaConf.select(config, "data.limit_per_class")
+        # eval.py's own config (conf/eval.yaml, beside the sweep's) scoring on the sweep's own data
+        # config (the members' dataset, folder and cache); paths quoted, so that commas or spaces
+        # in them stay part of the value.
         accelerator = OmegaConf.select(config, "trainer.accelerator", default="auto")
         eval_cfg = compose(
             config_name="eval",
             overrides=[
                 f"ckpt_path='{ckpt}'",
                 f"paths.output_dir='{out}'",
-                f"data.dataset.root='{config.data.dataset.root}'",  # where the members found the data
-                f"data.cache_dir='{config.data.cache_dir}'",
-                f"data.limit_per_class={'null' if limit is None else limit}",
                 f"trainer.accelerator={accelerator}",
                 "trainer.enable_progress_bar=false",
             ],
         )
+        data = OmegaConf.create(OmegaConf.to_container(config.data, resolve=True))
+        with open_dict(eval_cfg), open_dict(data):
+            data.fold, data.device_resident = None, False
+            eval_cfg.data = data
         metrics = evaluate(eval_cfg)
         test = metrics["test"]
         log.info(

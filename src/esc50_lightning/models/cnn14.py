@@ -11,12 +11,9 @@ embedding layer (``fc1``) and a linear head: 527 AudioSet tags, or a new head fo
 from __future__ import annotations
 
 import hashlib
-import importlib
 import itertools
 import logging
 import os
-import pickle
-import re
 import shutil
 import tempfile
 import urllib.request
@@ -28,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esc50_lightning.checkpoints.record import load_weights_only
 from esc50_lightning.errors import UserError
 from esc50_lightning.models.blocks import InputNorm
 
@@ -84,6 +82,9 @@ class Cnn14(nn.Module):
     ``keep_audioset_head`` is true. ``dropout`` is PANNs' 0.2 after every block and
     ``head_dropout`` their 0.5 before and after the embedding layer.
     """
+
+    # Where pretrained weights come from: never recorded in, nor rebuilt from, a checkpoint.
+    weight_arguments = ("weights", "cache_dir", "url", "sha256", "size")
 
     def __init__(
         self,
@@ -192,49 +193,11 @@ def read_published(path: str | Path) -> Mapping[str, torch.Tensor]:
             f"{path}: CNN14 weights not found; download {CHECKPOINT_NAME} from {CHECKPOINT_URL} "
             "and set model.net.weights to its path"
         )
-    ckpt = load_weights_only(path)
+    ckpt = load_weights_only(path, what="CNN14 checkpoint")
     state = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: not a CNN14 checkpoint (no 'model' entry holding a state dict)")
     return state
-
-
-# numpy arrays, scalars and dtypes: data a training script may have saved next to the weights (a
-# sampler's state, say). Allowed, by name, when a checkpoint holds them; nothing else is.
-NUMPY_DATA = ("_reconstruct", "scalar", "ndarray", "dtype")
-_REFUSED = re.compile(r"GLOBAL (\S+)|but got <class '([^']+)'>")
-
-
-def _numpy_data(name: str) -> tuple[Any, str] | None:
-    """``(object, name)`` for ``torch.serialization.safe_globals`` if ``name`` is numpy data."""
-    module, _, attr = name.rpartition(".")
-    if module.split(".")[0] != "numpy":
-        return None
-    if attr not in NUMPY_DATA and not (module == "numpy.dtypes" and attr.endswith("DType")):
-        return None
-    try:
-        return getattr(importlib.import_module(module), attr), name
-    except (ImportError, AttributeError):
-        return None
-
-
-def load_weights_only(path: Path) -> Any:
-    """``torch.load(weights_only=True)``: tensors and plain values, plus numpy arrays if present."""
-    allowed: list[tuple[Any, str]] = []
-    while True:
-        try:
-            with torch.serialization.safe_globals(allowed):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            found = _REFUSED.search(str(err))
-            name = (found[1] or found[2]) if found else None
-            extra = _numpy_data(name) if name else None
-            if extra is None or extra in allowed:
-                what = f"it holds {name}, which could run code" if name else "damaged"
-                raise UserError(f"{path}: refused as a CNN14 checkpoint ({what})") from err
-            allowed.append(extra)
-        except Exception as err:  # damaged, or not a torch file at all
-            raise UserError(f"{path}: not a readable CNN14 checkpoint ({err.__class__.__name__})") from err
 
 
 def check_filterbank(path: str | Path, state: Mapping[str, torch.Tensor]) -> None:

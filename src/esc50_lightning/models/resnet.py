@@ -36,6 +36,9 @@ def _imagenet_state_dict(weights_path: str | None) -> dict[str, torch.Tensor]:
 class ResNet18(nn.Module):
     """ResNet18 over one-channel spectrograms; ``pretrained`` folds ImageNet's RGB stem into one channel."""
 
+    # Where pretrained weights come from: never recorded in, nor rebuilt from, a checkpoint.
+    weight_arguments = ("pretrained", "weights_path")
+
     def __init__(
         self,
         num_classes: int = 50,

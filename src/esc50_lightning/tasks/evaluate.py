@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from esc50_lightning.checkpoints.record import load_classifier
 from esc50_lightning.errors import UserError
-from esc50_lightning.factory import KEEP_EVAL_CROP, crop_from_config
+from esc50_lightning.factory import KEEP_EVAL_CROP, crop_from_config, instantiate_setting, load_classifier
 from esc50_lightning.tasks.results import print_summary, save_metrics, write_predictions
 from esc50_lightning.training.display import ProgressBar, quiet_lightning
 
@@ -29,26 +27,51 @@ def seen_folds(data: dict[str, Any]) -> list[int]:
     return sorted(int(f) for f in seen)
 
 
-def eval_data_config(trained: dict[str, Any], cfg: DictConfig, fold: int) -> DictConfig:
-    """The checkpoint's data config with the fold, data location and loader options of this run."""
-    data = OmegaConf.create(copy.deepcopy(trained))
+def eval_data_config(cfg: DictConfig, trained: dict[str, Any], fold: int, where: str) -> DictConfig:
+    """This command's data config (never the checkpoint's: it may name any folder or address) for
+    ``fold``, checked against the dataset the checkpoint was trained on."""
+    data = copy.deepcopy(cfg.data)
+    name, recorded = data.dataset.name, trained["dataset"]
+    if name != recorded:
+        raise UserError(
+            f"{where}: trained on dataset {recorded}, but this command scores on {name}: "
+            f"choose data={recorded} (or your data config for it) and its data.root"
+        )
+    for key in ("sample_rate", "clip_seconds"):
+        if float(data.dataset[key]) != float(trained[key]):
+            raise UserError(
+                f"{where}: trained at data.dataset.{key}={trained[key]}, but this command's data "
+                f"config has {data.dataset[key]}; set data.dataset.{key}={trained[key]}"
+            )
     with open_dict(data):
         data.fold = fold
-        if cfg.data.dataset.get("root"):
-            data.dataset.root = str(cfg.data.dataset.root)
-        data.cache_dir = cfg.data.cache_dir
-        data.limit_per_class = cfg.data.limit_per_class
-        data.eval_batch_size = cfg.data.eval_batch_size
-        data.num_workers = cfg.data.num_workers
-        data.device_resident = bool(cfg.data.get("device_resident", False))
+        data.protocol = trained["protocol"]
     return data
+
+
+def check_class_names(datamodule: Any, trained: list[str], ckpt_path: Path) -> None:
+    """The data's classes must be the checkpoint's, in the same order: say how they differ."""
+    ours = datamodule.class_names
+    if ours == trained:
+        return
+    csv = datamodule.spec.csv_path
+    if len(ours) != len(trained):
+        raise UserError(
+            f"{csv}: {len(ours)} classes, but checkpoint {ckpt_path} was trained on {len(trained)}"
+        )
+    n = next(i for i, (a, b) in enumerate(zip(ours, trained, strict=True)) if a != b)
+    same_set = sorted(ours) == sorted(trained)
+    raise UserError(
+        f"{csv}: class {n} is {ours[n]!r} here but {trained[n]!r} in checkpoint {ckpt_path}"
+        + ("; the same names in another order" if same_set else "; the class names differ")
+    )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     quiet_lightning()
     if not cfg.get("ckpt_path"):
         raise UserError("ckpt_path is required: python eval.py ckpt_path=PATH [data.fold=K] (see --help)")
-    ckpt_path = Path(str(cfg.ckpt_path)).expanduser().resolve()
+    ckpt_path = Path(str(cfg.ckpt_path)).expanduser().absolute()
     run_dir = Path(cfg.paths.output_dir)
     module, info = load_classifier(ckpt_path)
     crop, crops = cfg.get("eval_crop", KEEP_EVAL_CROP), cfg.get("eval_crops", KEEP_EVAL_CROP)
@@ -69,13 +92,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the run's config
-    data_cfg = eval_data_config(info["config"]["data"], cfg, fold)
-    datamodule = instantiate(data_cfg, frontend=module.features.logmel)
-    if datamodule.class_names != module.class_names:
-        raise UserError(
-            f"{datamodule.spec.csv_path}: its {datamodule.num_classes} classes differ from the "
-            f"{len(module.class_names)} classes checkpoint {ckpt_path} was trained on"
-        )
+    data_cfg = eval_data_config(cfg, trained, fold, str(ckpt_path))
+    datamodule = instantiate_setting(data_cfg, "data", frontend=module.features.logmel)
+    check_class_names(datamodule, module.class_names, ckpt_path)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = L.Trainer(
         **trainer_cfg,

@@ -4,6 +4,7 @@ and eval.py alike)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from rich.table import Table
 
 from esc50_lightning.atomic import atomic_write
 from esc50_lightning.training.metrics import METRIC_NAMES
+
+log = logging.getLogger("esc50_lightning.tasks.train")  # the run's log names the training task
 
 
 def run_metrics(
@@ -142,3 +145,24 @@ def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | Non
 
 def save_metrics(path: Path, metrics: dict[str, Any]) -> None:
     atomic_write(path, json.dumps(metrics, indent=2))
+
+
+def write_results(trainer: Any, module: Any, datamodule: Any, run_dir: Path, best: str | None) -> dict:
+    """A finished training run's metrics.json, predictions and summary (global rank zero writes)."""
+    metrics = run_metrics(module.history, module.test_results, module.run_info, epochs=trainer.current_epoch)
+    metrics["best_checkpoint"] = best
+    class_names = list(datamodule.class_names)
+    metrics["class_names"] = class_names  # the report names classes no clip of a fold has
+    if trainer.is_global_zero:
+        table = datamodule.table
+        save_metrics(run_dir / "metrics.json", metrics)
+        head = metrics["headline"]
+        if "acc" in head:
+            log.info("Headline, %s: acc %.4f, macro F1 %.4f", head["source"], head["acc"], head["f1"])
+        for name, outputs in (("val", module.last_val_outputs), ("test", module.last_test_outputs)):
+            if outputs is not None and not (name == "test" and datamodule.protocol == "cv"):
+                write_predictions(
+                    run_dir / f"predictions_{name}.csv", outputs, table.files, table.labels, class_names
+                )
+        print_summary(metrics, run_dir)
+    return metrics

@@ -1,13 +1,18 @@
-"""Resuming a run: which checkpoint ``ckpt_path`` means, and continuing in the original run folder."""
+"""Resuming a run: which checkpoint ``ckpt_path`` means, and continuing in the original run folder.
+
+The run folder is where the checkpoint file lies, never a path the file holds; the checkpoint
+callbacks' stored paths are replaced by this folder's own files (``training/display.py``).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from esc50_lightning.atomic import atomic_file
 from esc50_lightning.checkpoints.record import read_checkpoint
@@ -22,6 +27,44 @@ _RUN_IDENTITY = ("model.name", "data.dataset.name", "data.fold", "data.protocol"
 
 def _identity(cfg: DictConfig) -> dict[str, Any]:
     return {key: OmegaConf.select(cfg, key, default=None) for key in _RUN_IDENTITY}
+
+
+def _recorded_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """The same keys as a checkpoint's run record holds them."""
+    data = record["data"]
+    values = (record.get("model_name"), data.get("dataset"), data.get("fold"), data.get("protocol"))
+    return dict(zip(_RUN_IDENTITY, values, strict=True))
+
+
+def _local_rank() -> int:
+    """This process's rank on its node: set by Lightning's launcher, torchrun or SLURM; else 0."""
+    for var in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def resume_in_place(cfg: DictConfig) -> tuple[str | None, Path]:
+    """The checkpoint ``ckpt_path`` resumes from (None: a new run) and the folder the run writes
+    to: a resumed run continues in the run folder its checkpoint lies in, so that checkpoints and
+    TensorBoard curves carry on (``cfg.paths.output_dir`` is pointed there)."""
+    run_dir = Path(cfg.paths.output_dir)
+    resume = resolve_resume(cfg.get("ckpt_path"), Path(cfg.paths.log_dir), cfg)
+    if resume is None:
+        return None, run_dir
+    original = resume.parent.parent
+    if resume.parent.name == "checkpoints" and (original / ".hydra").is_dir():
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(original)
+        if run_dir != original:
+            continue_log_in(run_dir, original)
+            if _local_rank() == 0:
+                record_resume(run_dir, original)
+            if run_dir.is_dir() and not any(run_dir.glob("checkpoints/*")):
+                shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir = original
+    log.info("Resuming from %s in %s", resume, run_dir)
+    return str(resume), run_dir
 
 
 def resolve_resume(ckpt_path: str | None, log_dir: Path, cfg: DictConfig | None = None) -> Path | None:
@@ -47,14 +90,14 @@ def resolve_resume(ckpt_path: str | None, log_dir: Path, cfg: DictConfig | None 
             raise UserError(f"ckpt_path=latest: no checkpoints/last.ckpt under {log_dir}{what}")
         read_checkpoint(candidates[-1])  # the same checks as a path given by hand
         return candidates[-1]
-    path = Path(ckpt_path).expanduser()
+    path = Path(ckpt_path).expanduser().absolute()
     ckpt = read_checkpoint(path)  # clear error for a missing, damaged or foreign file
     if cfg is not None:
-        saved = OmegaConf.create(ckpt["esc50"].get("config", {}))
+        saved = _recorded_identity(ckpt["esc50"])
         differ = [
-            f"{k}={v} (checkpoint: {saved_v})"
+            f"{k}={v} (checkpoint: {saved[k]})"
             for k, v in _identity(cfg).items()
-            if (saved_v := OmegaConf.select(saved, k, default=None)) is not None and saved_v != v
+            if saved[k] is not None and saved[k] != v
         ]
         if differ:
             raise UserError(

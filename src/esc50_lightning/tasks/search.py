@@ -160,6 +160,15 @@ def base_overrides() -> list[str]:
     return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("hparams_search")]
 
 
+def main_config_source() -> str:
+    """The config folder this search was composed from (``file://.../conf``), so that the recipe
+    it writes into the sweep folder composes ``train`` from the same configs."""
+    from hydra.core.hydra_config import HydraConfig
+
+    sources = HydraConfig.get().runtime.config_sources
+    return next(f"{s.schema}://{s.path}" for s in sources if s.provider == "main")
+
+
 def _leaves_recipe(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in NOT_IN_RECIPE)
 
@@ -186,7 +195,7 @@ def recipe(overrides: list[str], groups: set[str]) -> tuple[dict[str, Any], list
         else:
             OmegaConf.update(body, key, o.value(), force_add=True)
     entries: list[Any] = ["train", *({f"override {g}": v} for g, v in defaults.items()), "_self_"]
-    text = {"defaults": entries, "hydra": {"searchpath": ["pkg://esc50_lightning.conf"]}}
+    text = {"defaults": entries, "hydra": {"searchpath": [main_config_source()]}}
     return {**text, **OmegaConf.to_container(body)}, extra
 
 

@@ -41,7 +41,7 @@ class AudioClassifier(L.LightningModule):
         self,
         net: nn.Module,
         features: FeatureExtractor,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None,
         class_names: Sequence[str],
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
@@ -81,7 +81,7 @@ class AudioClassifier(L.LightningModule):
         self._train_steps: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
         self.history: list[dict[str, float]] = []  # one entry per validation epoch
         self.test_results: dict[str, float] = {}
-        self.run_info: dict[str, Any] = {}  # config and data description, saved in checkpoints
+        self.run_info: dict[str, Any] = {}  # the run record (factory.run_record), saved in checkpoints
         self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.last_val_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_test_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -259,6 +259,8 @@ class AudioClassifier(L.LightningModule):
 
     # ---- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:  # rebuilt from a checkpoint: for evaluation only
+            raise UserError("this model was rebuilt for evaluation and has no optimiser to train with")
         optimizer = self.optimizer_factory(params=self._param_groups())
         if self.backbone_lr_scale is not None:  # before the schedule reads the base rates
             optimizer.param_groups[1]["lr"] *= self.backbone_lr_scale
@@ -282,14 +284,9 @@ class AudioClassifier(L.LightningModule):
 
     # ---- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from esc50_lightning.checkpoints.record import EPOCHS_FROM  # record.py imports this module
-
-        checkpoint["esc50"] = {**self.run_info, "history": self.history, EPOCHS_FROM: 1}
+        checkpoint["esc50"] = {**self.run_info, "history": self.history}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from esc50_lightning.checkpoints.record import count_epochs_from_1
-
-        info = count_epochs_from_1(checkpoint.get("esc50", {}))  # resuming a run saved before 1.0
-        self.history = list(info.get("history", []))
+        self.history = list(checkpoint["esc50"].get("history", []))
         if self.history:
             self._best_val_loss = min(h["val/loss"] for h in self.history)

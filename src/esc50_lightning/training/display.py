@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from pathlib import Path, PurePath
 from typing import Any
 
 import lightning as L
@@ -36,6 +37,28 @@ class ModelCheckpoint(LightningModelCheckpoint):
         if "epoch" in metrics:
             metrics = {**metrics, "epoch": metrics["epoch"] + 1}
         return super().format_checkpoint_name(metrics, filename=filename, ver=ver, prefix=prefix)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the scores, never the paths: a checkpoint's stored paths are data from a file,
+        and Lightning would later delete what they name. Each becomes the file of the same name
+        in this run's own checkpoint folder, or is dropped where the folder has no such file."""
+        own = {}
+        if self.dirpath and Path(self.dirpath).is_dir():
+            own = {p.name: p for p in Path(self.dirpath).iterdir() if p.is_file() and not p.is_symlink()}
+
+        def here(stored: Any) -> str:
+            found = own.get(PurePath(stored).name) if isinstance(stored, str) and stored else None
+            return str(found) if found is not None else ""
+
+        state = dict(state_dict)
+        state["dirpath"] = self.dirpath
+        kept = {here(path): score for path, score in (state.get("best_k_models") or {}).items()}
+        state["best_k_models"] = {path: score for path, score in kept.items() if path}
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            state[key] = here(state.get(key))
+        if not state["best_model_path"]:
+            state["best_model_score"] = None
+        super().load_state_dict(state)
 
 
 class ProgressBar(RichProgressBar):

@@ -50,7 +50,7 @@ def use_native_precision(cfg: DictConfig, on_cpu: bool) -> None:
     precision = str(cfg.trainer.get("precision", ""))
     if on_cpu and precision.startswith("bf16") and cpu_has_native_bf16() is False:
         # bf16 only buys speed here, and without bf16 instructions oneDNN emulates it: the step is
-        # several times slower than float32 (python -m esc50_lightning.bench shows the figures).
+        # several times slower than float32 (python -m benchmarks shows the figures).
         log.warning(
             "trainer.precision=%s: this CPU (%s) has no bf16 instructions (avx512_bf16/amx_bf16), "
             "where bf16 runs several times slower than float32; training with 32-true instead",

@@ -1,6 +1,6 @@
 """Is the framework slower than a bare PyTorch loop doing the same work?
 
-``python -m esc50_lightning.bench.loop [--epochs N] [overrides ...]`` trains the recipe the
+``python -m benchmarks.loop [--epochs N] [overrides ...]`` trains the recipe the
 overrides name (e.g. ``experiment=vgg8_mixup``) on folds 2-5 with validation on fold 1 twice:
 
 1. **framework**: exactly what ``python train.py`` runs (Lightning Trainer, DataModule, Rich
@@ -43,11 +43,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from torch.optim.swa_utils import AveragedModel
 
-from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.factory import build_features, build_logmel
 from esc50_lightning.training.precision import use_native_precision
 from esc50_lightning.training.schedules import steps_per_batch
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the project's top-level configs
 
 TARGET = 1.05  # the framework may cost at most 5 % more time per epoch than the bare loop
 
@@ -234,7 +235,7 @@ def run_side(side: str, epochs: int, overrides: list[str]) -> list[float]:
         cmd = [
             sys.executable,
             "-m",
-            "esc50_lightning.bench.loop",
+            "benchmarks.loop",
             "--side",
             side,
             "--epochs",
@@ -281,7 +282,7 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = CommandLineParser(
-        prog="python -m esc50_lightning.bench.loop",
+        prog="python -m benchmarks.loop",
         description="Seconds per epoch of python train.py against a bare PyTorch loop on the same work.",
     )
     parser.add_argument("--epochs", type=int, default=4, help="epochs each (the first is not counted)")

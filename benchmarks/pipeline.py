@@ -1,6 +1,6 @@
 """Benchmark the training input pipeline and the train step on the real ESC-50 clips.
 
-``python -m esc50_lightning.bench`` (quick, a few minutes) or ``--full`` prints Markdown tables:
+``python -m benchmarks`` (quick, a few minutes) or ``--full`` prints Markdown tables:
 
 1. input pipeline samples/s: ours (cache + batched frontend, crop, SpecAugment) against a
    seed-style per-item pipeline (read the file, mel, dB, normalise, crop, masks), side by side;
@@ -39,10 +39,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from esc50_lightning.conf import CONF_DIR
 from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.factory import build_logmel, build_module
 from esc50_lightning.training.precision import cpu_flags, cpu_has_native_bf16, cpu_model
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the project's top-level configs
 
 BUSY = (
     " — machine busy: timings are noisy, and small multi-threaded ops slow down many times over "
@@ -313,7 +314,7 @@ def startup_child(args: argparse.Namespace) -> None:
 
 def run_startup(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     """One fresh process; wall time from launch (interpreter and imports included)."""
-    cmd = [sys.executable, "-m", "esc50_lightning.bench", "--startup", str(cache), "--root", str(args.root)]
+    cmd = [sys.executable, "-m", "benchmarks", "--startup", str(cache), "--root", str(args.root)]
     cmd += ["--batch-size", str(args.batch_size), "--device", args.device]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -554,7 +555,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandLineParser(
-        prog="python -m esc50_lightning.bench",
+        prog="python -m benchmarks",
         description="Input-pipeline, train-step and startup benchmark on the real ESC-50 clips.",
     )
     parser.add_argument("--full", action="store_true", help="longer runs, all speed variants (~15 min)")

@@ -1,6 +1,6 @@
 """Today's training path against the fast path (``speed=gpu_fast``), side by side in one run.
 
-``python -m esc50_lightning.bench.fastpath`` trains each model (default cnn8 and vgg8), or recipe
+``python -m benchmarks.fastpath`` trains each model (default cnn8 and vgg8), or recipe
 (``--models experiment=long_schedule``: its model, frontend and augmentation), for a few steps each
 way and prints one Markdown table:
 
@@ -13,7 +13,7 @@ way and prints one Markdown table:
 
 Both run the same frontend (``AudioClassifier.on_after_batch_transfer``: crop, SpecAugment) and
 the same forward, loss, backward and Adam update, without Lightning's per-step hooks (whose
-cost ``python -m esc50_lightning.bench.loop`` measures). Per row: samples/s, the time of one
+cost ``python -m benchmarks.loop`` measures). Per row: samples/s, the time of one
 training epoch (measured on a GPU, after a warm-up epoch that also compiles; derived from
 samples/s on a CPU), FLOPs per sample (``FlopCounterMode`` on one eager step) and the achieved
 TFLOP/s against the GPU's bf16 dense peak (a table by device name, or ``--peak-tflops``), the
@@ -41,12 +41,13 @@ from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from esc50_lightning.bench.pipeline import bench_device, cycle, machine_info, prepare, timed_call, to_device
-from esc50_lightning.conf import CONF_DIR
+from benchmarks.pipeline import bench_device, cycle, machine_info, prepare, timed_call, to_device
 from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.factory import build_logmel, build_module
 from esc50_lightning.training.ema import count_on_host
 from esc50_lightning.training.precision import CPU_BF16_COMPILE, cpu_has_native_bf16
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the project's top-level configs
 
 MODELS = ("cnn8", "vgg8")
 # bf16 dense tensor-core peak, TFLOP/s, by a substring of torch.cuda.get_device_name (first match).
@@ -321,7 +322,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandLineParser(
-        prog="python -m esc50_lightning.bench.fastpath",
+        prog="python -m benchmarks.fastpath",
         description="Today's training path against speed=gpu_fast's, side by side, on the real ESC-50 clips.",
     )
     parser.add_argument("--root", default=os.environ.get("ESC50_ROOT"), help="ESC-50 folder ($ESC50_ROOT)")
