@@ -70,20 +70,29 @@ def _malformed(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     cases: dict[str, tuple[dict, str]] = {}
     record = copy.deepcopy(good)
     record["esc50"] = "a string"
-    cases["record not a mapping"] = (record, "holds no config")
+    cases["record not a mapping"] = (record, "run record is not a mapping")
     names = copy.deepcopy(good)
     names["esc50"]["data"]["class_names"] = 3
     cases["class names not a list"] = (names, "no list of class names")
-    target = copy.deepcopy(good)
-    target["esc50"]["config"]["model"]["net"]["_target_"] = "os.system"
-    cases["a target outside the project"] = (target, "model.net._target_='os.system'")
+    old = copy.deepcopy(good)
+    old["esc50"] = {"config": {"model": {"net": {"_target_": "esc50_lightning.models.VGG8"}}}}
+    cases["a 1.0 record naming code"] = (old, "from esc50-lightning 1.0 or older")
+    unknown = copy.deepcopy(good)
+    unknown["esc50"]["net"]["class"] = "vgg9"
+    cases["a model this version lacks"] = (
+        unknown,
+        "names model 'vgg9', which this esc50-lightning does not have",
+    )
     shapes = copy.deepcopy(good)
     first = next(k for k, v in shapes["state_dict"].items() if v.ndim == 4)
     shapes["state_dict"][first] = torch.zeros(3, 3)
     cases["weights of the wrong shape"] = (shapes, "weights do not fit")
     state = copy.deepcopy(good)
     state["state_dict"] = {"net.x": "not a tensor"}
-    cases["state dict of strings"] = (state, "not a mapping of names to tensors")
+    cases["state dict of strings"] = (state, "'state_dict' is not names to tensors")
+    settings = copy.deepcopy(good)
+    settings["esc50"]["net"]["kwargs"]["depth"] = 9
+    cases["settings the class refuses"] = (settings, "its vgg8 settings do not build")
     out = {}
     for n, (ckpt, expected) in enumerate(cases.items()):
         path = tmp_path / f"bad{n}.ckpt"
@@ -93,6 +102,10 @@ def _malformed(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     out["truncated file"] = (tmp_path / "truncated.ckpt", "not a readable checkpoint")
     (tmp_path / "folder.ckpt").mkdir()
     out["a folder"] = (tmp_path / "folder.ckpt", "is a folder, not a checkpoint file")
+    os.mkfifo(tmp_path / "fifo.ckpt")
+    out["a FIFO"] = (tmp_path / "fifo.ckpt", "not a regular file")
+    (tmp_path / "loop.ckpt").symlink_to(tmp_path / "loop.ckpt")
+    out["a symlink loop"] = (tmp_path / "loop.ckpt", "a symbolic link that loops")
     return out
 
 
@@ -128,7 +141,7 @@ def test_every_kind_of_checkpoint_the_project_writes_loads_weights_only(
     ensemble = ensemble_checkpoint([ckpts[0], ckpts[1]], tmp_path / "ens.ckpt")
     for path in (*ckpts, slim, ensemble, SHIPPED):
         raw = torch.load(path, map_location="cpu", weights_only=True)  # raises on any pickled object
-        assert isinstance(raw["esc50"]["config"], dict)
+        assert raw["esc50"]["format"] == 2 and "config" not in raw["esc50"]
         module, info = load_classifier(path)
         assert len(info["data"]["class_names"]) == 50 and not module.training
 

@@ -10,12 +10,8 @@ import torch
 from helpers import REPO, run_dirs
 from helpers.paths import CONF_DIR
 
-from esc50_lightning.checkpoints.record import (
-    EPOCHS_FROM,
-    count_epochs_from_1,
-    load_classifier,
-    read_checkpoint,
-)
+from esc50_lightning.checkpoints.record import read_checkpoint
+from esc50_lightning.factory import load_classifier
 
 SHIPPED = REPO / "src" / "esc50_lightning" / "pretrained" / "esc50_fold1.ckpt"
 
@@ -134,7 +130,7 @@ def test_two_epoch_run_counts_epochs_from_1_prints_no_noise_and_whole_paths(run_
     (best_name,) = [n for n in names if n != "last.ckpt"]
     assert "last.ckpt" in names and best_name.startswith(f"epoch{best:03d}-val_loss"), names
     record = read_checkpoint(run / "checkpoints" / "last.ckpt")["esc50"]
-    assert record[EPOCHS_FROM] == 1 and [h["epoch"] for h in record["history"]] == [1, 2]
+    assert [h["epoch"] for h in record["history"]] == [1, 2]
 
     for noise in NOISE:
         assert noise not in out, noise
@@ -151,8 +147,7 @@ def test_two_epoch_run_counts_epochs_from_1_prints_no_noise_and_whole_paths(run_
 
 def test_eval_of_the_shipped_checkpoint_shows_the_epochs_it_trained(run_train, tmp_path: Path) -> None:
     trained = json.loads(SHIPPED.with_suffix(".json").read_text())["epochs_trained"]
-    raw = torch.load(SHIPPED, map_location="cpu", weights_only=False)
-    assert EPOCHS_FROM not in raw["esc50"], "the shipped record predates 1.0: it counts from 0"
+    raw = torch.load(SHIPPED, map_location="cpu", weights_only=True)
 
     proc = run_train(f"ckpt_path={SHIPPED}", "data.limit_per_class=1", script="eval.py", tiny=False)
     assert f"checkpoint (epoch {trained}): {SHIPPED}" in proc.stdout.splitlines(), proc.stdout
@@ -167,11 +162,3 @@ def test_eval_of_the_shipped_checkpoint_shows_the_epochs_it_trained(run_train, t
     module, _ = load_classifier(SHIPPED)
     module.on_load_checkpoint(raw)
     assert module.history[-1]["epoch"] == trained
-
-
-def test_run_records_count_epochs_from_1_once() -> None:
-    old = {"history": [{"epoch": 0, "val/loss": 1.0}, {"epoch": 4, "val/loss": 0.5}]}
-    assert [h["epoch"] for h in count_epochs_from_1(old)["history"]] == [1, 5]
-    assert [h["epoch"] for h in count_epochs_from_1(old)["history"]] == [1, 5], "converted once only"
-    new = {"history": [{"epoch": 1, "val/loss": 1.0}], EPOCHS_FROM: 1}
-    assert count_epochs_from_1(new)["history"] == [{"epoch": 1, "val/loss": 1.0}]

@@ -23,6 +23,15 @@ from esc50_lightning.errors import UserError
 # The run record's layout. Version 2 names parts by registry key with plain keyword values.
 FORMAT = 2
 
+# The run record's fields, all of them: a record holding anything else is refused, so no field a
+# command might one day read (a data folder, a download address) can come from someone's file.
+RECORD_FIELDS = {
+    "format", "model_name", "net", "features", "data", "seed", "precision", "history", "members",
+    "eval_crop_set_by_pack",
+}  # fmt: skip
+DATA_FIELDS = {"dataset", "fold", "protocol", "splits", "class_names", "sample_rate", "clip_seconds"}
+FEATURE_FIELDS = {"logmel", "crop", "eval_crop", "eval_crops", "normalize"}
+
 # Values a checkpoint may hold anywhere: plain data and tensors (what weights_only can load).
 _SCALARS = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.Size)
 
@@ -101,10 +110,17 @@ def _number(value: Any) -> bool:
     )
 
 
+def _unknown(fields: dict[str, Any], known: set[str]) -> str | None:
+    extra = sorted(str(k) for k in fields if k not in known)
+    return ", ".join(extra)[:80] if extra else None
+
+
 def _check_part(part: Any, where: str, bad: Any) -> None:
     """``{"class": key, "kwargs": {...}}``: a registry key and plain keyword values."""
     if not isinstance(part, dict) or not isinstance(part.get("class"), str):
         raise bad(f"{where} names no registry class")
+    if extra := _unknown(part, {"class", "kwargs"}):
+        raise bad(f"{where} holds fields a run record does not have: {extra}")
     kwargs = part.get("kwargs", {})
     if not isinstance(kwargs, dict) or not _is_plain_value(kwargs):
         raise bad(f"{where}.kwargs are not plain values (numbers, strings, lists)")
@@ -125,8 +141,14 @@ def check_record(path: Path, record: Any) -> None:
             if "config" in record
             else "its run record has no known format"
         )
+    if extra := _unknown(record, RECORD_FIELDS):
+        raise bad(f"its run record holds fields esc50-lightning does not write: {extra}")
+    if not isinstance(record.get("model_name"), str):
+        raise bad("its run record has no model name")
     net = record.get("net")
     if isinstance(net, dict) and net.get("class") == "ensemble":
+        if extra := _unknown(net, {"class", "members"}):
+            raise bad(f"net holds fields a run record does not have: {extra}")
         members = net.get("members")
         if not isinstance(members, list) or len(members) < 2:
             raise bad("its ensemble lists fewer than two members")
@@ -139,9 +161,13 @@ def check_record(path: Path, record: Any) -> None:
         raise bad("its features are not plain values")
     if not isinstance(features.get("logmel"), dict):
         raise bad("its features name no log-mel settings")
+    if extra := _unknown(features, FEATURE_FIELDS):
+        raise bad(f"its features hold fields esc50-lightning does not write: {extra}")
     data = record.get("data")
     if not isinstance(data, dict):
         raise bad("the run record has no data description")
+    if extra := _unknown(data, DATA_FIELDS):
+        raise bad(f"its data description holds fields esc50-lightning does not write: {extra}")
     names = data.get("class_names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise bad("the run record has no list of class names")

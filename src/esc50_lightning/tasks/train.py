@@ -64,6 +64,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def describe_run(cfg: DictConfig, datamodule: Any, run_dir: Path) -> None:
     """Log what is trained on which folds, where, and any scaled learning rate or GPU sharing."""
+    classes = len(datamodule.class_names)  # reads and checks the CSV, which sets the splits
     log.info(
         "%s on %s: train folds %s, validation %s, test %s (protocol %s), %d classes; run dir %s",
         cfg.model.name,
@@ -72,7 +73,7 @@ def describe_run(cfg: DictConfig, datamodule: Any, run_dir: Path) -> None:
         datamodule.splits["val"],
         datamodule.splits["test"],
         datamodule.protocol,
-        len(datamodule.class_names),
+        classes,
         run_dir,
     )
     if scaling := describe_lr_scaling(cfg):
