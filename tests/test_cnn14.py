@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
@@ -168,21 +167,32 @@ def test_download(tmp_path: Path, reference, monkeypatch: pytest.MonkeyPatch) ->
     net = Cnn14(weights="download", cache_dir=str(cache), url=path.as_uri(), sha256=digest, size=len(data))
     assert (cache / "Cnn14_mAP=0.431.pth").read_bytes() == data
     assert net.head.out_features == 50
+    assert net.embed.weight.equal(torch.load(path, weights_only=True)["model"]["fc1.weight"])
     assert [p.name for p in cache.iterdir()] == ["Cnn14_mAP=0.431.pth"]  # no partial file left
-    # A second build reads the cached file: no opener call.
-    cnn14_module.download_checkpoint(cache, opener=_fail, sha256=digest, size=len(data))
+    # A second build reads the cached file: no download at all.
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _fail)
+    reused = cnn14_module.download_checkpoint(cache, sha256=digest, size=len(data))
+    assert reused == cache / "Cnn14_mAP=0.431.pth"
+    monkeypatch.undo()
 
     with pytest.raises(UserError, match=r"sha256 [0-9a-f]{64}, expected 00"):
         cnn14_module.download_checkpoint(tmp_path / "b", url=path.as_uri(), sha256="00" * 32, size=len(data))
     assert not list((tmp_path / "b").iterdir())
-    with pytest.raises(UserError, match="bytes, expected about 327 MB"):  # an error page, say
-        cnn14_module.download_checkpoint(tmp_path / "c", opener=lambda url: io.BytesIO(b"<html>"))
-    offline = r"cannot download CNN14 weights .*save it as .*Cnn14_mAP=0\.431\.pth"
+    page = tmp_path / "page.html"  # an error page where the file should be
+    page.write_text("<html>")
+    with pytest.raises(UserError, match=r"only 6 bytes, expected at least 300000000"):
+        cnn14_module.download_checkpoint(tmp_path / "c", url=page.as_uri())
+    assert not list((tmp_path / "c").iterdir())
+    offline = r"cannot download CNN14 weights from .*save it as .*Cnn14_mAP=0\.431\.pth"
     with pytest.raises(UserError, match=offline):
-        cnn14_module.download_checkpoint(tmp_path / "d", opener=_fail)
+        cnn14_module.download_checkpoint(tmp_path / "d", url=(tmp_path / "absent.pth").as_uri())
+    # With no cache_dir the file goes to the one cache folder's pretrained/ ($ESC50_CACHE).
+    monkeypatch.setenv("ESC50_CACHE", str(tmp_path / "env-cache"))
+    got = cnn14_module.download_checkpoint(url=path.as_uri(), sha256=digest)
+    assert got == tmp_path / "env-cache" / "pretrained" / "Cnn14_mAP=0.431.pth"
 
 
-def _fail(url: str):
+def _fail(*args, **kwargs):
     raise OSError("network unreachable")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import pytest
 import torch
 import torchvision
@@ -40,16 +43,46 @@ def test_resnet18_missing_weights_file_is_named(tmp_path):
         ResNet18(pretrained=True, weights_path=str(tmp_path / "nope.pth"))
 
 
-def test_resnet18_offline_download_says_how_to_supply_weights(monkeypatch):
-    def offline(self, *args, **kwargs):
-        raise OSError("network unreachable")
-
-    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", offline)
+def test_resnet18_offline_download_says_how_to_supply_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(resnet_module, "IMAGENET_URL", (tmp_path / "offline.pth").as_uri())
     with pytest.raises(UserError) as err:
         resnet_module.ResNet18(pretrained=True)
     message = str(err.value)
-    assert "could not download ImageNet weights" in message
-    assert "model.net.weights_path=" in message or "weights_path" in message
+    assert "cannot download ImageNet weights from file://" in message
+    assert f"put it at {tmp_path / 'hub' / 'checkpoints' / 'resnet18-f37072fd.pth'}" in message
+    assert "model.net.weights_path=/path/to/resnet18-f37072fd.pth" in message
+
+
+def test_resnet18_downloads_imagenet_weights_once_and_checks_their_hash(tmp_path, monkeypatch):
+    """The real download path fed a local file: sha256 prefix from torchvision's file name checked,
+    the file kept in torch hub's checkpoints/ and reused, read weights-only."""
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18()
+    served = tmp_path / "served.pth"
+    torch.save(reference.state_dict(), served)
+    folder = tmp_path / "hub" / "checkpoints"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(resnet_module, "IMAGENET_URL", served.as_uri())
+    # Not the file torchvision publishes (its sha256 does not start with f37072fd): refused, not kept.
+    with pytest.raises(UserError, match=r"sha256 [0-9a-f]{64}, expected f37072fd"):
+        ResNet18(pretrained=True)
+    assert not list(folder.iterdir())
+
+    monkeypatch.setattr(resnet_module, "IMAGENET_SHA256", hashlib.sha256(served.read_bytes()).hexdigest()[:8])
+    net = ResNet18(num_classes=50, pretrained=True)
+    assert [p.name for p in folder.iterdir()] == ["resnet18-f37072fd.pth"]
+    torch.testing.assert_close(net.net.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    served.unlink()  # a second build reads the kept copy: no download
+    again = ResNet18(num_classes=50, pretrained=True)
+    torch.testing.assert_close(again.net.conv1.weight, net.net.conv1.weight)
+
+
+def test_resnet18_weights_file_holding_code_is_refused(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "hook": os.getcwd}, path)
+    with pytest.raises(UserError, match=r"resnet18\.pth: refused"):
+        ResNet18(pretrained=True, weights_path=str(path))
 
 
 def test_avgmax_pooling_counts_a_short_event_fully():

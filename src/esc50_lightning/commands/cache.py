@@ -18,12 +18,12 @@ import argparse
 import contextlib
 import fcntl
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from esc50_lightning.downloads import default_cache_dir
 from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.filelock import file_lock
 
@@ -81,10 +81,6 @@ class Entry:
 
     def label(self) -> str:
         return f"{self.dataset}/{self.stem}"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ESC50_CACHE") or Path.home() / ".cache" / "esc50-lightning").expanduser()
 
 
 def scan(root: Path) -> list[Entry]:

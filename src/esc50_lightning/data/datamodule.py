@@ -18,6 +18,7 @@ from esc50_lightning.data.download import ensure_dataset
 from esc50_lightning.data.splits import fold_splits
 from esc50_lightning.data.store import INT16_SCALE, ClipStore, Frontend
 from esc50_lightning.data.table import DatasetSpec, FoldedTable, read_table
+from esc50_lightning.downloads import default_cache_dir
 from esc50_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
         eval_batch_size: int = 64,
         copies_per_epoch: int = 1,
         num_workers: int = 0,
-        cache_dir: str = "~/.cache/esc50-lightning",
+        cache_dir: str | None = None,
         cache_features: bool = True,
         frontend: Frontend | None = None,
         limit_per_class: int | None = None,
@@ -143,7 +144,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.copies_per_epoch = copies_per_epoch
         self.num_workers = num_workers
-        self.cache_root = Path(cache_dir).expanduser()
+        self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.cache_features = cache_features
         self.frontend = frontend
         self.limit_per_class = limit_per_class

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import shutil
 import tempfile
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 
 from esc50_lightning.data.table import DatasetSpec
+from esc50_lightning.downloads import fetch
 from esc50_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,7 +34,6 @@ def ensure_dataset(spec: DatasetSpec, sha256: str | None = None) -> None:
         raise UserError(f"dataset {spec.name!r} not found: {_layout_hint(spec)}")
     if spec.root_path.exists() and any(spec.root_path.iterdir()):
         raise UserError(f"{spec.root_path} exists but has no {spec.csv}: {_layout_hint(spec)}")
-    log.info("Downloading %s from %s", spec.name, spec.download_url)
     try:
         download_and_extract(spec, sha256)
     except UserError:
@@ -68,13 +65,13 @@ def download_and_extract(spec: DatasetSpec, sha256: str | None = None) -> None:
 
 def _fetch(spec: DatasetSpec, sha256: str | None, root: Path) -> None:
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.download.") as tmp:
-        archive = Path(tmp) / "archive.zip"
-        with urllib.request.urlopen(spec.download_url, timeout=60) as response, open(archive, "wb") as out:
-            shutil.copyfileobj(response, out, length=1 << 20)
-        if sha256:
-            digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-            if digest != sha256:
-                raise UserError(f"{spec.download_url}: checksum mismatch (got {digest}, expected {sha256})")
+        archive = fetch(
+            spec.download_url,
+            Path(tmp) / "archive.zip",
+            sha256=sha256,
+            what=f"{spec.name} dataset archive",
+            instead=f"download it elsewhere and unpack it: {_layout_hint(spec)}",
+        )
         extracted = Path(tmp) / "extracted"
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(extracted)

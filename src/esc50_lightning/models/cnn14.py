@@ -10,26 +10,18 @@ embedding layer (``fc1``) and a linear head: 527 AudioSet tags, or a new head fo
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import logging
-import os
-import shutil
-import tempfile
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from esc50_lightning.checkpoints.record import load_weights_only
+from esc50_lightning.downloads import fetch, pretrained_dir
 from esc50_lightning.errors import UserError
 from esc50_lightning.models.blocks import InputNorm
-
-log = logging.getLogger(__name__)
 
 AUDIOSET_CLASSES = 527
 MEL_BINS = 64
@@ -215,66 +207,23 @@ def check_filterbank(path: str | Path, state: Mapping[str, torch.Tensor]) -> Non
         )
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ESC50_CACHE") or Path.home() / ".cache" / "esc50").expanduser() / "pretrained"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _check_file(path: Path, sha256: str | None, size: int | None) -> str | None:
-    """Why the file at ``path`` is not the expected checkpoint, or ``None``."""
-    got = path.stat().st_size
-    if size is not None and got != size:
-        return f"{got} bytes, expected {size}"
-    if size is None and got < SMALLEST_CHECKPOINT:
-        return f"{got} bytes, expected about 327 MB"
-    if sha256 is not None and (digest := sha256_of(path)) != sha256.lower():
-        return f"sha256 {digest}, expected {sha256}"
-    return None
-
-
 def download_checkpoint(
     cache_dir: str | Path | None = None,
     url: str = CHECKPOINT_URL,
     sha256: str | None = None,
     size: int | None = None,
-    opener: Any = None,
 ) -> Path:
-    """The published checkpoint in ``cache_dir``, downloaded once (size and sha256 checked)."""
-    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    """The published checkpoint in ``cache_dir`` (default: the cache folder's ``pretrained/``),
+    downloaded once; checked for ``size`` (else a floor) and ``sha256`` when they are set."""
+    folder = Path(cache_dir).expanduser() if cache_dir else pretrained_dir()
     dest = folder / CHECKPOINT_NAME
-    if dest.is_file():
-        problem = _check_file(dest, sha256, size)
-        if problem is None:
-            return dest
-        raise UserError(
-            f"{dest}: not the published CNN14 checkpoint ({problem}); delete it to download again"
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    log.info("Downloading %s from %s", CHECKPOINT_NAME, url)
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".cnn14-", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        try:
-            with os.fdopen(fd, "wb") as out, (opener or urllib.request.urlopen)(url) as response:
-                shutil.copyfileobj(response, out, 1 << 20)
-        except OSError as err:  # offline, DNS, HTTP errors (URLError is an OSError)
-            raise UserError(
-                f"cannot download CNN14 weights ({err}); fetch {url} elsewhere and save it as {dest} "
-                "(or set model.net.weights=/path/to/" + CHECKPOINT_NAME + ")"
-            ) from err
-        problem = _check_file(tmp, sha256, size)
-        if problem is not None:
-            raise UserError(f"downloaded {url}: not the published CNN14 checkpoint ({problem})")
-        if sha256 is None:
-            log.info("%s sha256 %s (set model.net.sha256 to pin it)", CHECKPOINT_NAME, sha256_of(tmp))
-        tmp.replace(dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    return fetch(
+        url,
+        dest,
+        sha256=sha256,
+        size=size,
+        min_size=None if size is not None else SMALLEST_CHECKPOINT,
+        what="CNN14 weights",
+        instead=f"fetch it elsewhere and save it as {dest} "
+        f"(or set model.net.weights=/path/to/{CHECKPOINT_NAME})",
+    )

@@ -3,34 +3,48 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
+from esc50_lightning.checkpoints.record import load_weights_only
+from esc50_lightning.downloads import fetch
 from esc50_lightning.errors import UserError
 
+# torchvision's ImageNet weights; the file name carries the first 8 hex digits of its sha256.
+IMAGENET_URL = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+IMAGENET_FILE = IMAGENET_URL.rsplit("/", 1)[-1]
+IMAGENET_SHA256 = IMAGENET_FILE.removesuffix(".pth").rsplit("-", 1)[-1]
 
-def _imagenet_state_dict(weights_path: str | None) -> dict[str, torch.Tensor]:
+
+def imagenet_weights_file() -> Path:
+    """torchvision's ImageNet ResNet18 file, downloaded once into torch hub's ``checkpoints/``
+    (where torchvision keeps it, so a copy it fetched before is reused) and sha256-checked."""
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+    return fetch(
+        IMAGENET_URL,
+        dest,
+        sha256=IMAGENET_SHA256,
+        what="ImageNet weights",
+        instead=f"download it elsewhere and put it at {dest}, "
+        f"or pass model.net.weights_path=/path/to/{IMAGENET_FILE}",
+    )
+
+
+def _imagenet_state_dict(weights_path: str | None) -> dict[str, Any]:
     if weights_path:
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise UserError(f"{path}: ResNet18 weights file not found (model.net.weights_path)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a corrupt or foreign file
-            raise UserError(f"{path}: not a readable PyTorch state dict ({err.__class__.__name__})") from err
-        return state.get("state_dict", state) if isinstance(state, dict) else state
-    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-    try:
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as err:  # no network, proxy, hash mismatch ...
-        hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
-        raise UserError(
-            f"could not download ImageNet weights from {weights.url} ({err.__class__.__name__}). "
-            f"Download that file elsewhere and either put it in {hub_dir}/ or pass "
-            "model.net.weights_path=/path/to/resnet18-f37072fd.pth"
-        ) from err
+    else:
+        path = imagenet_weights_file()
+    state = load_weights_only(path, what="ResNet18 weights file")
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: not a ResNet18 state dict (no tensors by parameter name)")
+    return state
 
 
 class ResNet18(nn.Module):
