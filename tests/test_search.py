@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from helpers import command_env, hydra_args, run_command, run_dirs, start_command
@@ -94,10 +95,31 @@ def _states(sweep: Path) -> list[str]:
         return []
 
 
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux: every thread's ``children`` list)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an orphan's zombie waits for a reaper, not for us)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_hparams_search_killed_then_resumed(run_train, esc50_root, cache_dir, tmp_path):
-    """Killed (SIGKILL, trial and all) while its second trial runs, the search resumes: the
-    interrupted trial's values are tried again and it ends with three finished trials and a
-    recipe that composes to the best trial's values; the report summarises it."""
+    """Killed (SIGKILL to the search process alone) while its second trial runs, the search takes
+    its trial with it: the trial's training process is gone within seconds, not left to train on
+    as an orphan. The search resumes: the interrupted trial's values are tried again, no finished
+    trial repeats another's point (a sampler seeded anew would replay the first start's draws),
+    and it ends with three finished trials and a recipe that composes to the best trial's values;
+    the report summarises it."""
     from hydra import compose, initialize_config_dir
 
     common = ["debug=fast", *SMALL, "data.protocol=holdout", "data.fold=2", "hparams_search=lr_wd"]
@@ -119,9 +141,17 @@ def test_hparams_search_killed_then_resumed(run_train, esc50_root, cache_dir, tm
             if sweep and _states(sweep) == ["COMPLETE", "RUNNING"] and (sweep / "trials" / "001").exists():
                 break
             time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the search and the training it runs
+        trials = _children(proc.pid)
+        proc.kill()  # the search alone: its trial is not signalled
         proc.wait()
+        assert trials, "the search had no trial process running"
+        gone = time.monotonic() + 10
+        while time.monotonic() < gone and any(_alive(pid) for pid in trials):
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in trials), "the trial outlived its search"
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the search's session
     assert sweep is not None and _states(sweep) == ["COMPLETE", "RUNNING"], (
         tmp_path / "search.out"
     ).read_text()
@@ -132,6 +162,8 @@ def test_hparams_search_killed_then_resumed(run_train, esc50_root, cache_dir, tm
     study = _study(sweep)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert study.trials[2].params == interrupted  # asked again first
+    finished = [tuple(sorted(t.params.items())) for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(set(finished)) == len(finished) == 3, "a resumed search tried a point again"
     for t in study.trials[::2] + study.trials[3:]:
         assert set(t.params) == {"optim.optimizer.lr", "optim.optimizer.weight_decay"}
         assert 1e-4 <= t.params["optim.optimizer.lr"] <= 3e-3

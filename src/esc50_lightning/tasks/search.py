@@ -16,7 +16,11 @@ after that epoch and its remaining folds are not trained.
 
 Trials live in ``<sweep>/optuna.db`` (SQLite). A search stopped half-way, even killed, continues with
 ``hparams_search.dir=<sweep>`` up to ``n_trials`` finished trials: a trial left running by the
-killed search is marked failed and its values are tried again. ``<sweep>/best.yaml`` is the best
+killed search is marked failed and its values are tried again. A continued search never repeats a
+point it tried: its sampler is seeded with ``seed`` plus the trials the study holds, so its draws
+are new ones, not a replay of the first start's. Trials die with their search (a parent-death
+signal, ``trial_dies_with_parent``): no trial outlives a killed search to train beside the trial
+a continued search starts with the same values. ``<sweep>/best.yaml`` is the best
 trial as a recipe (a primary config over ``train``), ``<sweep>/best.sh`` the command that trains it.
 
 Our own small driver, not Hydra's Optuna sweeper: that plugin (1.3.x) pins optuna<3, whose SQLite
@@ -25,6 +29,8 @@ storage breaks with SQLAlchemy 2 (docs/tracking.md).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -144,6 +150,32 @@ def _launcher_jobs() -> int:
     return 1
 
 
+# prctl(2) option: the signal a process gets when the thread that started it ends.
+PR_SET_PDEATHSIG = 1
+
+
+def trial_dies_with_parent() -> Any:
+    """A ``preexec_fn`` for a trial's process: killed (SIGKILL) when its search dies, however it
+    dies, so that a continued search never trains beside an orphan. ``None`` off Linux.
+
+    The signal follows the thread that started the child (here the trial's worker thread, which
+    waits for it), and a parent already gone before ``prctl`` ran is caught by comparing the
+    parent's pid. libc is looked up here, in the parent: the child, between fork and exec, only
+    calls it.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    parent = os.getpid()
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the search died while this process was being started
+            os._exit(1)
+
+    return arm
+
+
 def _suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
     kind = spec.get("type")
     if kind == "float":
@@ -211,10 +243,14 @@ class Search:
             study_name=spec.name,
             storage=f"sqlite:///{sweep / STUDY_FILE}",
             direction=spec.direction,
-            sampler=optuna.samplers.TPESampler(seed=cfg.seed),
             pruner=spec.pruner or optuna.pruners.NopPruner(),
             load_if_exists=True,
         )
+        # Seeded anew with the same seed, a continued search's sampler would replay the draws of
+        # the first start and try its points again; past the trials already held, its draws are new.
+        # A new search (no trials yet) samples as it always did with this seed.
+        held = len(self.study.get_trials(deepcopy=False))
+        self.study.sampler = optuna.samplers.TPESampler(seed=None if cfg.seed is None else cfg.seed + held)
         self.base = base_overrides()
         # A study continued with other folds, another metric or other settings would compare
         # trials that are not comparable.
@@ -360,6 +396,7 @@ class Search:
                         stdout=output,
                         stderr=output,
                         pass_fds=child_ends,
+                        preexec_fn=trial_dies_with_parent(),  # only calls prctl: safe beside threads
                     )
                     self.children.add(child)
                 while child_ends:  # the child holds them now; the reports end when it does
