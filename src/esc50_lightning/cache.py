@@ -1,6 +1,7 @@
-"""``python -m esc50_lightning.cache``: forwards to ``commands/cache.py``, where the command lives."""
+"""``python -m esc50_lightning.cache``: parses the command line, then runs ``commands/cache.py``,
+where the command lives (heavy imports only after the arguments are good: commands/arguments.py)."""
 
-from esc50_lightning.commands.cache import main
+from esc50_lightning.commands.arguments import forward
 
 if __name__ == "__main__":
-    main()
+    forward("cache")

@@ -1,6 +1,7 @@
-"""``python -m esc50_lightning.export``: forwards to ``commands/export.py``, where the command lives."""
+"""``python -m esc50_lightning.export``: parses the command line, then runs ``commands/export.py``,
+where the command lives (heavy imports only after the arguments are good: commands/arguments.py)."""
 
-from esc50_lightning.commands.export import main
+from esc50_lightning.commands.arguments import forward
 
 if __name__ == "__main__":
-    main()
+    forward("export")

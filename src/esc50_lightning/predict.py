@@ -1,6 +1,7 @@
-"""``python -m esc50_lightning.predict``: forwards to ``commands/predict.py``, where the command lives."""
+"""``python -m esc50_lightning.predict``: parses the command line, then runs ``commands/predict.py``,
+where the command lives (heavy imports only after the arguments are good: commands/arguments.py)."""
 
-from esc50_lightning.commands.predict import main
+from esc50_lightning.commands.arguments import forward
 
 if __name__ == "__main__":
-    main()
+    forward("predict")

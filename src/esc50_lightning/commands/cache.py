@@ -23,8 +23,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from esc50_lightning.commands.arguments import cache_parser
 from esc50_lightning.downloads import default_cache_dir
-from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
+from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.filelock import file_lock
 
 ENTRY = re.compile(r"^(?P<stem>(?P<kind>waveforms|logmel)-(?P<key>[0-9a-f]{16}))\.(?:npy|json|lock)$")
@@ -204,23 +205,7 @@ def prune(root: Path, older_than: float | None, everything: bool, dry_run: bool)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--cache-dir",
-        type=Path,
-        help="the cache folder (default: $ESC50_CACHE, else ~/.cache/esc50-lightning)",
-    )
-    parser = CommandLineParser(
-        prog="python -m esc50_lightning.cache",
-        description="List the decode cache's entries, or remove old ones.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,prune}")
-    commands.add_parser("list", parents=[common], help="every entry with its size and last use")
-    pruning = commands.add_parser("prune", parents=[common], help="remove entries (old ones, or all)")
-    pruning.add_argument("--older-than", type=float, metavar="DAYS", help="entries not used for DAYS days")
-    pruning.add_argument("--all", action="store_true", help="every entry")
-    pruning.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-    return parser
+    return cache_parser()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from esc50_lightning.checkpoints.record import checkpoint_path
+from esc50_lightning.commands.arguments import export_parser
 from esc50_lightning.data.audio import clip_samples
-from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
+from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.factory import load_classifier
 from esc50_lightning.features import FeatureExtractor
 
@@ -247,15 +248,7 @@ def _write(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = CommandLineParser(
-        prog="python -m esc50_lightning.export",
-        description="Export a checkpoint (frontend included) as TorchScript and, where possible, ONNX.",
-    )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
-    parser.add_argument("--out", help="output folder (default: the current folder)")
-    parser.add_argument("--force", action="store_true", help="overwrite files of an earlier export")
-    parser.add_argument("--no-onnx", action="store_true", help="write TorchScript only")
-    args = parser.parse_args(argv)
+    args = export_parser().parse_args(argv)
 
     def run() -> None:
         written = export(args.ckpt, args.out, onnx=not args.no_onnx, force=args.force)

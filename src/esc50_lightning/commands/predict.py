@@ -25,12 +25,14 @@ import soundfile as sf
 import torch
 
 from esc50_lightning.atomic import atomic_file
+from esc50_lightning.commands.arguments import PRETRAINED, predict_parser
 from esc50_lightning.data.audio import AudioReadError, clip_samples, fit_length, read_mono
-from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
+from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.factory import load_classifier
 from esc50_lightning.training.classifier import AudioClassifier
 
-PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "esc50_fold1.ckpt"
+# Shorter recordings are refused: mostly padding, their label would be a guess shown as confident.
+MIN_SECONDS = 0.1
 # Suffixes picked up when a folder is given (files named explicitly are always tried).
 AUDIO_SUFFIXES = {f".{ext.lower()}" for ext in sf.available_formats()} | {".aif", ".oga", ".opus"}
 
@@ -107,6 +109,12 @@ class Predictor:
 
     def predict_file(self, path: Path, top_k: int, per_window: bool) -> dict[str, Any]:
         clip = read_mono(path, self.sample_rate)
+        if len(clip.samples) < MIN_SECONDS * self.sample_rate:
+            # padded to the clip length with silence, it would still get a confident label
+            raise AudioReadError(
+                f"too short to judge ({len(clip.samples) / self.sample_rate:.3f} s; the model hears "
+                f"{self.window / self.sample_rate:g} s clips): give at least {MIN_SECONDS} s of sound"
+            )
         starts, probs = self.window_probabilities(clip.samples)
         if not np.isfinite(probs).all():  # finite but huge samples can overflow the spectrogram
             peak = float(np.abs(clip.samples).max())
@@ -223,29 +231,7 @@ def _print_result(result: dict[str, Any], per_window: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CommandLineParser(
-        prog="python -m esc50_lightning.predict",
-        description="Top-k classes of audio files (any rate, channels and length) from a trained checkpoint.",
-    )
-    parser.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files or folders of them")
-    parser.add_argument(
-        "--ckpt", help=f"checkpoint written by train.py (default: {PRETRAINED.name}, shipped)"
-    )
-    parser.add_argument("--top-k", type=int, default=5, help="classes to show per file (default 5)")
-    parser.add_argument(
-        "--hop", type=float, default=None, help="seconds between window starts (default: half a window)"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=32, help="windows scored at once (default 32)")
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="PATH",
-        help="write machine-readable results to PATH (or stdout with no PATH, replacing the text output)",
-    )
-    parser.add_argument("--per-window", action="store_true", help="also report every window's scores")
-    return parser
+    return predict_parser()
 
 
 def json_target(option: str | None) -> Path | None:
