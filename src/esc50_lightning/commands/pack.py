@@ -15,7 +15,8 @@ import torch
 
 from esc50_lightning.checkpoints.io import atomic_torch_save
 from esc50_lightning.checkpoints.record import plain_state_dict, read_checkpoint
-from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
+from esc50_lightning.commands.arguments import pack_parser
+from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.factory import KEEP_EVAL_CROP, classifier_from_record
 from esc50_lightning.features.extractor import CropSize
 
@@ -167,16 +168,7 @@ def _save_slim(ckpt: dict[str, Any], dst: str | Path, half: bool) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """``python -m esc50_lightning.pack SRC.ckpt [SRC.ckpt ...] DST.ckpt [--fp32]``: write a slim
     checkpoint; with several sources, one that averages their predictions (an ensemble)."""
-    parser = CommandLineParser(prog="python -m esc50_lightning.pack", description=main.__doc__)
-    parser.add_argument("src", nargs="+", help="trained checkpoint(s); several make an ensemble")
-    parser.add_argument("dst")
-    parser.add_argument("--fp32", action="store_true", help="keep float32 weights")
-    parser.add_argument(
-        "--eval-crop",
-        metavar="MELS,FRAMES",
-        help="centred cut the checkpoint scores from now on, e.g. 56,null (null: the whole axis)",
-    )
-    args = parser.parse_args(argv)
+    args = pack_parser().parse_args(argv)
 
     def build() -> Path:
         if len(args.src) == 1:

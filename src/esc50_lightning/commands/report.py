@@ -41,9 +41,10 @@ from omegaconf import OmegaConf
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from esc50_lightning.checkpoints.record import read_checkpoint
+from esc50_lightning.commands.arguments import report_parser
 from esc50_lightning.commands.search_summary import is_search, search_report
 from esc50_lightning.data.table import DatasetSpec, read_table
-from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
+from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.hydra_ext.run_dirs import read_run_config
 from esc50_lightning.hydra_ext.task import check_value_types
 from esc50_lightning.training.metrics import confusion_figure
@@ -375,10 +376,13 @@ def _pm(values: list[float | None]) -> str:
 
 
 def _relative(path: Path, root: Path) -> str:
+    """A run's folder as the report names it: relative to the report's folder, or, for the
+    report of one run (the folder itself), its own name."""
     try:
-        return str(path.relative_to(root)) or "."
+        relative = path.relative_to(root)
     except ValueError:
         return str(path)
+    return str(relative) if relative.parts else path.name
 
 
 def per_class_table(groups: list[Group]) -> pd.DataFrame:
@@ -466,7 +470,11 @@ def results_table(groups: list[Group], others: list[Run], root: Path) -> pd.Data
     return frame
 
 
-def markdown(groups: list[Group], others: list[Run], root: Path, figures: dict[str, Path]) -> str:
+def markdown(
+    groups: list[Group], others: list[Run], root: Path, figures: dict[str, Path], per_class: bool = True
+) -> str:
+    """The report in Markdown (results.md); with ``per_class=False`` the summary printed on stdout,
+    which names the files holding the per-class table instead of printing its 50-odd rows."""
     lines = [f"# Results for {root}", ""]
     if groups:
         lines += [
@@ -511,7 +519,11 @@ def markdown(groups: list[Group], others: list[Run], root: Path, figures: dict[s
                 f"Confusion matrix summed over {g.confusion_runs} run(s): {figures[g.slug].name}",
             ]
         lines.append("")
-    lines += _per_class_markdown(groups)
+    table = _per_class_markdown(groups)
+    if per_class or not table:
+        lines += table
+    else:
+        lines += ["Per-class accuracy: results.md and per_class.csv in the report folder.", ""]
     if others:
         lines += ["## Runs not included", "", "| status | model | protocol | fold | run | why |"]
         lines += ["|---|---|---|---|---|---|"]
@@ -563,7 +575,8 @@ def _per_class_markdown(groups: list[Group]) -> list[str]:
 
 # ---- entry point --------------------------------------------------------------------------------
 def write_report(root: Path, out: Path | None = None) -> tuple[str, Path]:
-    """Write the report files under ``out`` (default ``root/report``); return the Markdown and out."""
+    """Write the report files under ``out`` (default ``root/report``); return the summary to print
+    (results.md less its per-class table) and out."""
     root = root.expanduser().resolve()
     if not root.is_dir():
         raise UserError(f"{root}: not a folder")
@@ -590,8 +603,8 @@ def write_report(root: Path, out: Path | None = None) -> tuple[str, Path]:
         finally:
             plt.close(fig)
         files[figures[g.slug].name] = png.getvalue()
-    text = markdown(groups, others, root, figures)
-    files["results.md"] = text.encode()
+    files["results.md"] = markdown(groups, others, root, figures).encode()
+    text = markdown(groups, others, root, figures, per_class=False)
     files["results.csv"] = results_table(groups, others, root).to_csv(index=False).encode()
     files["per_class.csv"] = per_class_table(groups).to_csv(index=False).encode()
     publish(out, files, stale="confusion_*.png")
@@ -642,14 +655,7 @@ def _stage(out: Path, name: str, data: bytes) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = CommandLineParser(
-        prog="python -m esc50_lightning.report",
-        description="Summarise a multirun (or any folder of runs): per-fold tables with mean ± std, "
-        "confusion matrices and per-class accuracy.",
-    )
-    parser.add_argument("dir", type=Path, help="a multirun folder, an outputs folder or any folder of runs")
-    parser.add_argument("--out", type=Path, help="where to write the report (default DIR/report)")
-    args = parser.parse_args(argv)
+    args = report_parser().parse_args(argv)
 
     def run() -> None:
         text, out = write_report(args.dir, args.out)
