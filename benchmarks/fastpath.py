@@ -9,7 +9,11 @@ way and prints one Markdown table:
   (``data.device_resident`` alone: what the data path is worth);
 - **fast**: the cache resident on the device (``data.device_resident``), batches gathered there,
   batch 256, bf16 autocast (fp32 on a CPU without bf16 instructions), channels_last, and
-  ``torch.compile`` on a GPU (``--compile``/``--no-compile``).
+  ``torch.compile`` on a GPU (``--compile``/``--no-compile``);
+- **fp32** and **default** (``--paths fp32,default``): the recipe as ``train.py`` runs it (the
+  DataLoader, today's batch, the recipe's channels_last), forced to ``32-true``, and at its default
+  precision (``trainer.precision=auto`` resolved for this machine, as ``train.py`` resolves it); a
+  line under the table gives the default's speed over float32's.
 
 Both run the same frontend (``AudioClassifier.on_after_batch_transfer``: crop, SpecAugment) and
 the same forward, loss, backward and Adam update, without Lightning's per-step hooks (whose
@@ -45,7 +49,12 @@ from benchmarks.pipeline import bench_device, cycle, machine_info, prepare, time
 from esc50_lightning.errors import CommandLineParser, UserError, run_guarded
 from esc50_lightning.factory import build_logmel, build_module
 from esc50_lightning.training.ema import count_on_host
-from esc50_lightning.training.precision import CPU_BF16_COMPILE, cpu_has_native_bf16
+from esc50_lightning.training.precision import (
+    CPU_BF16_COMPILE,
+    FLOAT32,
+    cpu_has_native_bf16,
+    use_native_precision,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the project's top-level configs
 
@@ -73,18 +82,24 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
 
 
-# ---- the two paths --------------------------------------------------------------------------------
-PATHS = ("today", "resident", "fast")
+# ---- the paths ------------------------------------------------------------------------------------
+PATHS = ("today", "resident", "fast", "fp32", "default")
+DEFAULT_PATHS = ("today", "resident", "fast")
+# The recipe as train.py runs it, at float32 and at its default precision: the precision's ratio.
+PRECISION_PATHS = ("fp32", "default")
 
 
-def path_config(args: argparse.Namespace, model: str, fast: bool) -> DictConfig:
-    """``model`` is a model name, or ``experiment=NAME``: a recipe's model, features and augmentation."""
+def path_config(args: argparse.Namespace, model: str, fast: bool, precision: str | None = None) -> DictConfig:
+    """``model`` is a model name, or ``experiment=NAME``: a recipe's model, features and augmentation;
+    ``precision``: a ``trainer.precision`` override (else the config's, ``auto`` by default)."""
     overrides = [
         f"data.dataset.root={args.root}",
         model if model.startswith("experiment=") else f"model={model}",
         f"data.batch_size={args.fast_batch_size if fast else args.batch_size}",
         "data.num_workers=0",
     ]
+    if precision:
+        overrides.append(f"trainer.precision={precision}")
     if args.cache_dir:
         overrides.append(f"data.cache_dir={args.cache_dir}")
     if args.limit_per_class:
@@ -105,11 +120,18 @@ class TrainPath:
 
     def __init__(self, args: argparse.Namespace, model: str, kind: str, device: torch.device, dm: Any):
         fast = kind == "fast"
-        self.fast, self.resident, self.device = fast, kind != "today", device
-        cfg = path_config(args, model, fast)
-        cfg.channels_last = fast
+        self.fast, self.resident, self.device = fast, kind in ("resident", "fast"), device
+        cfg = path_config(args, model, fast, precision=FLOAT32 if kind == "fp32" else None)
+        self.trainer_precision: str | None = None
+        if kind in PRECISION_PATHS:  # the recipe's own channels_last; its precision as train.py resolves it
+            use_native_precision(cfg, on_cpu=device.type == "cpu")
+            self.trainer_precision = str(cfg.trainer.precision)
+            self.dtype = torch.bfloat16 if self.trainer_precision.startswith("bf16") else None
+        else:
+            cfg.channels_last = fast
+            self.dtype = fast_dtype(device) if fast else None
+        self.channels_last = bool(cfg.channels_last)
         self.batch_size = int(cfg.data.batch_size)
-        self.dtype = fast_dtype(device) if fast else None
         wanted = args.compile if args.compile is not None else device.type == "cuda"
         self.compile = fast and wanted
         self.module = build_module(cfg, dm.class_names, build_logmel(cfg)).to(device).train()
@@ -126,7 +148,7 @@ class TrainPath:
     @property
     def precision(self) -> str:
         parts = ["bf16" if self.dtype == torch.bfloat16 else "fp32"]
-        parts += ["channels_last", "compile"] if self.fast and self.compile else ["channels_last"] * self.fast
+        parts += ["channels_last"] * self.channels_last + ["compile"] * self.compile
         return "+".join(parts)
 
     def loader(self) -> Any:
@@ -215,6 +237,7 @@ def measure(path: TrainPath, args: argparse.Namespace, train_clips: int) -> dict
     result: dict[str, Any] = {
         "batch": path.batch_size,
         "precision": path.precision,
+        "trainer_precision": path.trainer_precision,
         "flops_per_sample": path.flops_per_sample(),
     }
     path.compile_now()
@@ -244,10 +267,29 @@ def measure(path: TrainPath, args: argparse.Namespace, train_clips: int) -> dict
 
 
 # ---- report ---------------------------------------------------------------------------------------
+def precision_ratios(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per model or recipe with both precision paths: its default precision and its speed over float32's."""
+    ratios = {}
+    for model, paths in results["models"].items():
+        if "fp32" in paths and "default" in paths:
+            fp32, default = paths["fp32"], paths["default"]
+            ratios[model] = {
+                "default": default["trainer_precision"],
+                "ratio": default["samples_per_s"] / fp32["samples_per_s"],
+                "fp32_samples_per_s": fp32["samples_per_s"],
+                "default_samples_per_s": default["samples_per_s"],
+            }
+    return ratios
+
+
 def render(results: dict[str, Any]) -> str:
     m, peak = results["machine"], results["peak_tflops"]
+    base = results["paths"][0]  # the ratio column's reference: today by default
+    fast = "fast" in results["paths"]
     lines = [
-        "## Today's path against the fast path (speed=gpu_fast)",
+        "## Today's path against the fast path (speed=gpu_fast)"
+        if fast
+        else "## Training paths side by side",
         "",
         f"- device {m['device']}; GPU: {m['gpu'] or 'none'}; CPU: {m['cpu']}, {m['cores']} cores, "
         f"{m['torch_threads']} torch threads; torch {m['torch']}",
@@ -257,14 +299,15 @@ def render(results: dict[str, Any]) -> str:
         f"- peak: {f'{peak:g} TFLOP/s bf16 dense' if peak else 'n/a'}",
         "- paths: today = DataLoader, host-to-device copy per step; resident = data.device_resident, "
         "today's batch and precision; fast = speed=gpu_fast (resident, large batch, bf16 where native, "
-        "channels_last, compile on a GPU)",
+        "channels_last, compile on a GPU); fp32 / default = the recipe as train.py runs it (DataLoader, "
+        "today's batch, its channels_last) at 32-true / at trainer.precision=auto resolved for this machine",
         "",
-        "| model | path | batch | precision | samples/s | × today | epoch s | GFLOP/sample | TFLOP/s "
+        f"| model | path | batch | precision | samples/s | × {base} | epoch s | GFLOP/sample | TFLOP/s "
         "| % of peak | GPU busy | data share | syncs/step | last loss |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model, paths in results["models"].items():
-        today = paths["today"]["samples_per_s"]
+        reference = paths[base]["samples_per_s"]
         for name, r in paths.items():
             tflops = r["flops_per_sample"] * r["samples_per_s"] / 1e12
             epoch = f"{r['epoch_s']:.2f}" + ("" if r["epoch_measured"] else " (derived)")
@@ -272,7 +315,7 @@ def render(results: dict[str, Any]) -> str:
             syncs = r.get("host_syncs_per_step")
             lines.append(
                 f"| {model} | {name} | {r['batch']} | {r['precision']} | {r['samples_per_s']:,.1f} "
-                f"| {r['samples_per_s'] / today:.2f}× | {epoch} | {r['flops_per_sample'] / 1e9:.2f} "
+                f"| {r['samples_per_s'] / reference:.2f}× | {epoch} | {r['flops_per_sample'] / 1e9:.2f} "
                 f"| {tflops:.3f} | {f'{100 * tflops / peak:.2f} %' if peak else 'n/a'} | {busy} "
                 f"| {100 * r['data_share']:.1f} % | {'n/a' if syncs is None else f'{syncs:g}'} "
                 f"| {r['last_loss']:.3f} |"
@@ -288,6 +331,13 @@ def render(results: dict[str, Any]) -> str:
     ]
     if results.get("resident_gb") is not None:
         lines.append(f"Device-resident data: {results['resident_gb']:.2f} GB on {m['device']}.")
+    if ratios := results.get("precision_ratios"):
+        lines += ["", "Default precision against float32 (the same path and batch, side by side):"]
+        for model, r in ratios.items():
+            lines.append(
+                f"- {model}: {r['default']} {r['ratio']:.2f}× float32's samples/s "
+                f"({r['fp32_samples_per_s']:,.1f} → {r['default_samples_per_s']:,.1f})"
+            )
     return "\n".join(lines)
 
 
@@ -296,6 +346,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = bench_device(args)
     models = args.models.split(",")
     results: dict[str, Any] = {"machine": machine_info(device), "steps": args.steps, "repeats": args.repeats}
+    results["paths"] = args.paths.split(",")
     results["peak_tflops"] = peak_tflops(device, args.peak_tflops)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     results["models"] = {}
@@ -306,7 +357,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dm.setup("fit")
         results["clips"], results["train_clips"] = len(dm.table), len(dm.sets["train"])
         results["models"][model] = {}
-        for name in PATHS:
+        for name in results["paths"]:
             log(f"{model}: {name} path ...")
             torch.manual_seed(0)
             path = TrainPath(args, model, name, device, dm)
@@ -314,8 +365,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             del path
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    inputs = dm.resident_arrays(device)[0]
-    results["resident_gb"] = inputs.numel() * inputs.element_size() / 1e9
+    results["precision_ratios"] = precision_ratios(results)
+    if any(name in ("resident", "fast") for name in results["paths"]):
+        inputs = dm.resident_arrays(device)[0]
+        results["resident_gb"] = inputs.numel() * inputs.element_size() / 1e9
     results["machine"]["load_average_end"] = round(os.getloadavg()[0], 2)
     return results
 
@@ -332,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         default=",".join(MODELS),
         help="comma-separated models, or recipes as experiment=NAME (default: cnn8,vgg8)",
+    )
+    parser.add_argument(
+        "--paths",
+        default=",".join(DEFAULT_PATHS),
+        help="comma-separated paths, in this order (the first is the ratio column's reference): today, "
+        "resident, fast, fp32, default (fp32,default: the recipe at float32 and at its default precision; "
+        "default: today,resident,fast)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="today's batch (default 32)")
     parser.add_argument(
@@ -378,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
                     f"--models: unknown model {name!r}; choose from cnn4, cnn8, vgg8, resnet18, "
                     "or a recipe as experiment=NAME"
                 )
+        paths = args.paths.split(",")
+        if any(p not in PATHS for p in paths) or len(set(paths)) < len(paths):
+            raise UserError(f"--paths {args.paths}: choose from {', '.join(PATHS)}, each at most once")
         if min(args.steps, args.repeats, args.batch_size, args.fast_batch_size) < 1 or args.warmup < 0:
             raise UserError("--steps, --repeats and the batch sizes must be positive, --warmup 0 or more")
         device = bench_device(args)

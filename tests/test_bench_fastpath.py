@@ -64,3 +64,37 @@ def test_compile_on_a_bf16_cpu_is_refused_in_one_line(esc50_root: Path, monkeypa
     err = capsys.readouterr().err
     assert err.startswith("error: --compile on this CPU: the fast path runs bf16 here, and torch.compile")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_fastpath_bench_puts_float32_beside_the_default_precision(
+    esc50_root: Path, cache_dir: Path, tmp_path, capsys
+) -> None:
+    """``--paths fp32,default``: the recipe at 32-true and at trainer.precision=auto resolved for this
+    machine, and the ratio of the two printed under the table. Timings are never asserted."""
+    from esc50_lightning.training.precision import cpu_has_native_bf16
+
+    out = tmp_path / "fastpath.json"
+    args = ["--root", str(esc50_root), "--cache-dir", str(cache_dir), "--models", "experiment=vgg8_bc_hour"]
+    args += ["--paths", "fp32,default", "--limit-per-class", "1", "--steps", "1", "--warmup", "0"]
+    args += ["--repeats", "1", "--batch-size", "4", "--threads", "1", "--device", "cpu", "--quiet"]
+    fastpath.main([*args, "--json", str(out)])
+    text = capsys.readouterr().out
+    default = "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    dtype = "bf16" if default == "bf16-mixed" else "fp32"
+    assert "| experiment=vgg8_bc_hour | fp32 | 4 | fp32+channels_last |" in text  # the recipe's channels_last
+    assert f"| experiment=vgg8_bc_hour | default | 4 | {dtype}+channels_last |" in text
+    assert "| × fp32 |" in text  # the first path is the ratio column's reference
+    raw = json.loads(out.read_text())
+    ratio = raw["precision_ratios"]["experiment=vgg8_bc_hour"]
+    assert ratio["default"] == default and ratio["ratio"] > 0
+    assert f"- experiment=vgg8_bc_hour: {default} {ratio['ratio']:.2f}× float32's samples/s" in text
+
+
+def test_unknown_paths_are_refused_in_one_line(esc50_root: Path, capsys) -> None:
+    import pytest
+
+    with pytest.raises(SystemExit) as done:
+        fastpath.main(["--root", str(esc50_root), "--device", "cpu", "--paths", "fp32,bf16"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --paths fp32,bf16: choose from today, resident, fast, fp32, default")

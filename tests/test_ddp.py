@@ -28,6 +28,7 @@ def test_ddp_two_processes_match_a_single_process(esc50_root: Path, tmp_path: Pa
         "trainer.enable_model_summary=false",
         "data.batch_size=5",
         "data.eval_batch_size=2",
+        "trainer.precision=32-true",  # as the single-process Trainer below scores
     )
     proc = run_command(args, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -26,7 +26,10 @@ CLIP = 5 * SR
 @pytest.fixture(scope="module")
 def trained(esc50_root: Path, cache_dir: Path, trained_run, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny cnn4 trained on folds 2-5 (one clip per class and fold), evaluated on fold 1."""
-    run = trained_run("+trainer.limit_train_batches=2", "model=cnn4", "data.fold=1").run
+    # float32 as eval.py, predict and export score: their figures then equal the run's own
+    run = trained_run(
+        "+trainer.limit_train_batches=2", "model=cnn4", "data.fold=1", "trainer.precision=32-true"
+    ).run
     # the commands below write their outputs here, never into the shared run
     env = command_env(esc50_root, tmp_path_factory.mktemp("deploy"), cache=cache_dir)
     predictions = pd.read_csv(run / "predictions_val.csv")

@@ -33,8 +33,12 @@ def test_holdout_reports_test_fold_with_checkpoint_selected_on_validation(holdou
         cache_dir=str(cache_dir),
         frontend=module.features.logmel,
     )
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    trainer = L.Trainer(  # at the run's own precision (trainer.precision=auto: the machine's choice)
+        accelerator="cpu",
+        precision=metrics["precision"],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.test(module, datamodule=dm, verbose=False)
     for name in ("acc", "f1", "loss"):

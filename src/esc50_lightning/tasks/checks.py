@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 
 
 def check_train_config(cfg: DictConfig) -> None:
-    """Refuse settings that cannot train before anything is built; adapt the ones the machine
-    cannot honour (sync batch norm and bf16 on a CPU without it, compiled bf16 on a CPU)."""
+    """Refuse settings that cannot train before anything is built; resolve ``trainer.precision=auto``
+    for the machine; adapt the ones the machine cannot honour (sync batch norm and bf16 on a CPU
+    without it, compiled bf16 on a CPU)."""
     dataset = cfg.data.get("dataset") or {}
     unset = [f"data.dataset.{k}" for k in ("root", "csv") if k in dataset and dataset[k] in (None, "")]
     if unset:  # data=folded_csv leaves them to the user
@@ -48,8 +49,10 @@ def check_train_config(cfg: DictConfig) -> None:
         log.info("trainer.sync_batchnorm needs GPUs; turned off for this CPU run")
         with open_dict(cfg):
             cfg.trainer.sync_batchnorm = False
+    # trainer.precision=auto becomes the machine's precision here, before anything is built, so the
+    # run trains, logs and records (run record, metrics.json) the resolved value
     use_native_precision(cfg, on_cpu)
-    compile_bf16_on_cpu(cfg, on_cpu)  # after the switch above, which may leave bf16
+    compile_bf16_on_cpu(cfg, on_cpu)  # after the resolution above, which may leave bf16
     check_device_resident(cfg)
     check_callbacks(cfg)
     check_loggers(cfg)

@@ -42,6 +42,8 @@ def run_metrics(
         "fold": data["fold"],
         "splits": data["splits"],
         "epochs": epochs,
+        # trainer.precision as the run resolved it (auto: the machine's choice, tasks/checks.py)
+        "precision": info.get("precision"),
     }
     if history:
         last = history[-1]

@@ -1,5 +1,6 @@
-"""Which numeric precision a run can use: the CPU model and its instruction sets, and the switch
-of a bf16 request to float32 where bf16 would only be emulated."""
+"""Which numeric precision a run uses: ``trainer.precision=auto`` resolved for the machine (bf16
+autocast where it runs natively, float32 elsewhere), a bf16 request switched to float32 where bf16
+would only be emulated, and compiled bf16 kept off CPUs."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ import logging
 import platform
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, open_dict
+
+AUTO = "auto"
+FLOAT32 = "32-true"
+BF16 = "bf16-mixed"
 
 # Instruction sets that run bf16 matrix products natively; without them oneDNN emulates bf16 and
 # an autocast step is several times slower than float32 (see docs/performance.md).
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# torch's CPU probes (cpuinfo) answer for x86 only; elsewhere they say False about any CPU.
+X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+
+log = logging.getLogger(__name__)
 
 
 def _cpuinfo_field(prefix: str) -> str | None:
@@ -34,20 +44,80 @@ def cpu_flags() -> set[str]:
     return set(flags.split()) if flags else set()
 
 
-def cpu_has_native_bf16(flags: set[str] | None = None) -> bool | None:
-    """True/False on x86 Linux (from the CPU flags); None where the flags cannot be read."""
-    flags = cpu_flags() if flags is None else flags
-    if not flags:
+def _torch_bf16_instructions() -> list[str] | None:
+    """The native bf16 instruction sets torch's own CPU probes find; None where they cannot tell
+    (not x86, or a torch without the probes)."""
+    if platform.machine().lower() not in X86_MACHINES:
         return None
-    return bool(flags & BF16_FLAGS)
+    try:
+        found = ["AMX"] if torch.cpu._is_amx_tile_supported() else []  # every AMX CPU has AMX-BF16
+        return [*found, "avx512_bf16"] if torch.cpu._is_avx512_bf16_supported() else found
+    except AttributeError:  # private helpers: fall back to the flags if a release drops them
+        return None
 
 
-log = logging.getLogger(__name__)
+def cpu_bf16_instructions(flags: set[str] | None = None) -> list[str] | None:
+    """The CPU's native bf16 instruction sets ([] for none); None where they cannot be known.
+
+    torch's probes first (they work on any x86 OS), then the /proc/cpuinfo flags; ``flags`` given:
+    those flags alone."""
+    if flags is None:
+        found = _torch_bf16_instructions()
+        if found is not None:
+            return found
+        flags = cpu_flags()
+    return sorted(flags & BF16_FLAGS) if flags else None
+
+
+def cpu_has_native_bf16(flags: set[str] | None = None) -> bool | None:
+    """True/False where the CPU's bf16 support is known (x86); None where it is not."""
+    found = cpu_bf16_instructions(flags)
+    return None if found is None else bool(found)
+
+
+def cpu_capability() -> str:
+    """torch's vector capability for this CPU (e.g. AVX512, AVX2, DEFAULT), for the log line."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
+def auto_precision(cfg: DictConfig, on_cpu: bool) -> tuple[str, str]:
+    """What ``trainer.precision=auto`` means for this run, and why: bf16 autocast where the device
+    runs it natively (a GPU with bf16, a CPU with AVX-512 BF16 or AMX), float32 elsewhere."""
+    accelerator = cfg.trainer.get("accelerator")
+    if on_cpu:
+        if cfg.get("compile"):
+            # the user asked for compile; compiled bf16 is unsafe on a CPU, compiled float32 is not
+            return FLOAT32, "compile=true on a CPU: compiled bf16 corrupts memory (docs/reliability.md)"
+        found = cpu_bf16_instructions()
+        where = f"this CPU ({cpu_model()}; torch capability {cpu_capability()})"
+        if found:
+            return BF16, f"{where} runs bf16 natively ({', '.join(found)})"
+        if found is None:
+            return FLOAT32, f"whether {where} runs bf16 natively is unknown (not x86, or no CPU flags)"
+        return FLOAT32, f"{where} has no native bf16 (AVX-512 BF16 or AMX): bf16 would be emulated, slower"
+    if accelerator == "mps":
+        return FLOAT32, "Apple GPUs (MPS): autocast there is partial and not faster for these models"
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return BF16, f"the GPU ({name}) runs bf16 natively"
+        return FLOAT32, f"the GPU ({name}) has no native bf16"
+    return FLOAT32, f"trainer.accelerator={accelerator}: no rule for it, so float32"
 
 
 def use_native_precision(cfg: DictConfig, on_cpu: bool) -> None:
-    """Switch a CPU run's bf16 request to ``32-true`` where the CPU has no bf16 instructions."""
+    """Resolve ``trainer.precision=auto`` for this machine (one log line: what and why), and switch a
+    CPU run's bf16 request to ``32-true`` where the CPU has no bf16 instructions."""
     precision = str(cfg.trainer.get("precision", ""))
+    if precision == AUTO:
+        precision, why = auto_precision(cfg, on_cpu)
+        hint = "; trainer.precision=32-true forces float32" if precision != FLOAT32 else ""
+        log.info("trainer.precision=auto chose %s: %s%s", precision, why, hint)
+        with open_dict(cfg):
+            cfg.trainer.precision = precision
     if on_cpu and precision.startswith("bf16") and cpu_has_native_bf16() is False:
         # bf16 only buys speed here, and without bf16 instructions oneDNN emulates it: the step is
         # several times slower than float32 (python -m benchmarks shows the figures).
@@ -58,7 +128,7 @@ def use_native_precision(cfg: DictConfig, on_cpu: bool) -> None:
             cpu_model(),
         )
         with open_dict(cfg):
-            cfg.trainer.precision = "32-true"
+            cfg.trainer.precision = FLOAT32
 
 
 # Why compile=true stays off for bf16 on a CPU (scripts/compile_bf16_check.py checks a machine).
