@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import logging
 import re
 import shutil
@@ -27,7 +28,7 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -37,7 +38,7 @@ from omegaconf.errors import (
 )
 
 from esc50_lightning.errors import UserError, run_guarded, show_tracebacks
-from esc50_lightning.hydra_ext.run_dirs import register_resolvers
+from esc50_lightning.hydra_ext.run_dirs import CREATED_PARENTS, register_resolvers
 
 T = TypeVar("T")
 
@@ -228,6 +229,7 @@ def guarded_task(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
 
     def task() -> T:
         check_value_types(cfg)
+        check_argument_types(cfg)
         try:
             return fn(cfg)
         except OmegaConfBaseException as err:
@@ -251,6 +253,67 @@ def check_value_types(cfg: DictConfig) -> None:
             continue
         shown = "true" if value is True else "false" if value is False else value
         raise UserError(f"{key}={shown}: not an integer; {_allowed_integers(cfg, key)}")
+
+
+def check_argument_types(cfg: DictConfig) -> None:
+    """One line for text given where a configured class takes a number (``model.net.dropout=abc``),
+    which would otherwise surface from deep in the constructor ("'<' not supported between
+    instances of 'str' and 'int'"). The class's signature says which arguments are numbers; a
+    class is imported only when its entry holds text."""
+    for key, node in _targets(cfg):
+        try:
+            target = str(node["_target_"])
+            texts = {k: v for k, v in node.items() if isinstance(v, str) and not str(k).startswith("_")}
+        except OmegaConfBaseException:  # an interpolation that fails is the task's to report
+            continue
+        if not texts:
+            continue
+        try:
+            from hydra.utils import get_object
+
+            parameters = inspect.signature(get_object(target)).parameters
+        except Exception:  # not importable or no signature: instantiation reports it
+            continue
+        for name, value in texts.items():
+            param = parameters.get(str(name))
+            number = _number_type(param.annotation) if param is not None else None
+            if number is None:
+                continue
+            default = param.default  # type: ignore[union-attr]
+            example = f", e.g. {default}" if isinstance(default, int | float) and default is not True else ""
+            raise UserError(
+                f"{key}.{name}={value}: wants a number ({number}, an argument of {target}); give one{example}"
+            )
+
+
+def _targets(node: Any, key: str = "") -> Iterator[tuple[str, DictConfig]]:
+    """Every entry of the config with a ``_target_`` and where it is (``model.net``)."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield key, node
+        for name in node:
+            try:
+                child = node._get_node(name)
+            except OmegaConfBaseException:
+                continue
+            if isinstance(child, DictConfig | ListConfig):
+                yield from _targets(child, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, ListConfig):
+        for i, child in enumerate(node._iter_ex(resolve=False)):
+            if isinstance(child, DictConfig | ListConfig):
+                yield from _targets(child, f"{key}[{i}]")
+
+
+def _number_type(annotation: Any) -> str | None:
+    """``float`` or ``int`` for an annotation that admits numbers and no text (``float``,
+    ``int | None``); ``None`` for any other."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    names = {n for n in re.split(r"[\s|,\[\]]+", text.replace("typing.", "")) if n and n != "Optional"}
+    if not names & {"float", "int"} or not names <= {"float", "int", "None", "bool"}:
+        return None
+    return "float" if "float" in names else "int"
 
 
 def _allowed_integers(cfg: DictConfig, key: str) -> str:
@@ -292,3 +355,6 @@ def _remove_if_empty() -> None:
     produced: list[Any] = [p for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts]
     if all(p.suffix == ".log" for p in produced):
         shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in CREATED_PARENTS:  # deepest first: outputs/eval/runs, outputs/eval, outputs
+            with contextlib.suppress(OSError):  # not empty: another run's, kept
+                parent.rmdir()

@@ -11,8 +11,10 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from rich import get_console
 from rich.table import Table
@@ -27,16 +29,12 @@ class ModelCheckpoint(LightningModelCheckpoint):
     name) still restores on resume.
     """
 
-    def format_checkpoint_name(
-        self,
-        metrics: dict[str, Tensor],
-        filename: str | None = None,
-        ver: int | None = None,
-        prefix: str | None = None,
-    ) -> str:
-        if "epoch" in metrics:
-            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
-        return super().format_checkpoint_name(metrics, filename=filename, ver=ver, prefix=prefix)
+    def _monitor_candidates(self, trainer: L.Trainer) -> dict[str, Tensor]:
+        # Lightning takes ``{epoch}`` from a logged "epoch" (the classifier logs it from 1) or
+        # else its own count from 0: set it here from the trainer, whatever was logged.
+        candidates = super()._monitor_candidates(trainer)
+        candidates["epoch"] = torch.tensor(trainer.current_epoch + 1)
+        return candidates
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the scores, never the paths: a checkpoint's stored paths are data from a file,
@@ -59,6 +57,17 @@ class ModelCheckpoint(LightningModelCheckpoint):
         if not state["best_model_path"]:
             state["best_model_score"] = None
         super().load_state_dict(state)
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's ``WandbLogger`` less the ``anonymous`` argument it always hands to ``wandb.init``
+    (``None`` when not asked for), which wandb 0.19+ answers with a warning the user cannot act on
+    ("The anonymous setting has no effect"). Everything else as Lightning's."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
 
 class ProgressBar(RichProgressBar):
@@ -109,6 +118,9 @@ class ModelSummary(RichModelSummary):
         )
 
 
+# Trackers' own lines: MLflow creates the experiment of a first run (Lightning says so twice).
+_TRACKER_NOISE = r"|Experiment with name .* not found\. Creating it\.|Creating initial MLflow database tables"
+_TRACKER_LOGGERS = ("lightning.pytorch.loggers.mlflow", "mlflow.store.db.utils", "mlflow.tracking")
 # Lines Lightning logs that tell the user nothing: advertisements for its cloud services,
 # accelerators the machine does not have, a stop reason the last epoch's line gives, and the
 # announcement of a checkpoint load that the next line ("Loaded ...", "Restored ...") confirms.
@@ -116,7 +128,7 @@ _NOISE = re.compile(
     r"(💡 )?Tip: .*\[lit(logger|models)\]"
     r"|(TPU|HPU) available: False"
     r"|`Trainer\.fit` stopped: `max_epochs=\d+` reached"
-    r"|Restoring states from the checkpoint path at "
+    r"|Restoring states from the checkpoint path at " + _TRACKER_NOISE
 )
 # Lightning logs through whichever of these its modules were imported under.
 _LIGHTNING_LOGGERS = (
@@ -132,10 +144,25 @@ class _DropNoise(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Drop Lightning's lines of noise from this process's output (safe to call again)."""
-    for name in _LIGHTNING_LOGGERS:
+    """Drop Lightning's and the trackers' lines of noise from this process's output, and print
+    each of Lightning's lines once, in the run's log format (safe to call again)."""
+    if logging.getLogger().hasHandlers():  # Hydra's handlers (console and the run's log file)
+        # Lightning gives its loggers console handlers of their own on import: each line would
+        # print twice, once plain ("INFO: GPU available: ...") and once through the root's.
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                if type(handler) is logging.StreamHandler:
+                    logger.removeHandler(handler)
+            logger.propagate = True
+    for name in (*_LIGHTNING_LOGGERS, *_TRACKER_LOGGERS):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())
+    # MLflow's database set-up, step by step (alembic's migrations): nothing to act on.
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Metrics are logged once per epoch, never per step: the step-logging interval is irrelevant.
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than")
+    # The CSV logger writes into the run folder, which Hydra has already started (.hydra/, the log).
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
