@@ -166,7 +166,11 @@ class AudioClassifier(L.LightningModule):
         values.update({f"{stage}/{k}": v for k, v in self.metrics[stage + "_"].compute().items()})
         self.losses[stage + "_"].reset()
         self.metrics[stage + "_"].reset()
-        self.log_dict(values, sync_dist=False)  # torchmetrics already synced across ranks
+        # Trackers (TensorBoard, CSV, MLflow, W&B) get the epoch counted from 1, as users read it
+        # everywhere; without it Lightning adds its own, from 0. Test rows keep Lightning's (the
+        # number of epochs trained).
+        logged = values if stage == "test" else {**values, "epoch": float(self.epoch)}
+        self.log_dict(logged, sync_dist=False)  # torchmetrics already synced across ranks
         return {k: float(v) for k, v in values.items()}
 
     def on_train_epoch_start(self) -> None:
