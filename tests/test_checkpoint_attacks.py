@@ -143,15 +143,16 @@ def test_a_resume_never_acts_on_the_paths_its_checkpoint_stores(holdout_run, esc
     victim.write_text("keep me")
     last = run / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    (key,) = [k for k in ckpt["callbacks"] if k.startswith("ModelCheckpoint")]
-    state = ckpt["callbacks"][key]
-    state.update(
-        best_model_path=str(victim),
-        last_model_path=str(victim),
-        kth_best_model_path=str(victim),
-        best_k_models={str(victim): torch.tensor(99.0)},  # worst score: the first to be removed
-        dirpath=str(tmp_path),
-    )
+    keys = [k for k in ckpt["callbacks"] if k.startswith("ModelCheckpoint")]
+    assert keys
+    for key in keys:
+        ckpt["callbacks"][key].update(
+            best_model_path=str(victim),
+            last_model_path=str(victim),
+            kth_best_model_path=str(victim),
+            best_k_models={str(victim): torch.tensor(99.0)},  # worst score: the first to be removed
+            dirpath=str(run / "checkpoints"),  # as the run will have it: Lightning then trusts the rest
+        )
     torch.save(ckpt, last)
     env = command_env(esc50_root, tmp_path, cache=cache_dir)
     overrides = ["data.protocol=holdout", "data.fold=2", "model=cnn4", "+trainer.limit_train_batches=2"]
@@ -162,5 +163,7 @@ def test_a_resume_never_acts_on_the_paths_its_checkpoint_stores(holdout_run, esc
     assert victim.read_text() == "keep me"
     resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["epoch"] == 2  # the third epoch, written in the run's own folder
-    stored = resumed["callbacks"][key]
-    assert Path(stored["best_model_path"]).parent == run / "checkpoints", stored["best_model_path"]
+    for key in keys:
+        stored = resumed["callbacks"][key]
+        for path in (stored["best_model_path"], stored["last_model_path"], *stored["best_k_models"]):
+            assert not path or Path(path).parent == run / "checkpoints", (key, path)

@@ -143,4 +143,4 @@ def test_train_one_epoch_on_us8k_like(us8k: tuple[Path, pd.DataFrame], trained_r
     info = torch.load(ckpt, map_location="cpu", weights_only=False)["esc50"]
     assert info["data"]["class_names"] == ESC10_NAMES
     assert info["data"]["dataset"] == "us8k_like_test" and info["data"]["clip_seconds"] == 4.0
-    assert info["config"]["features"]["crop"] == [100, 0.89]
+    assert info["features"]["crop"] == [100, 0.89]

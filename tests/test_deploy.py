@@ -164,27 +164,25 @@ def _perturbed_copy(src: Path, dst: Path, features: dict | None = None, **data_c
             value.add_(0.5 * value.std() * torch.randn(value.shape, generator=generator))
     ckpt["esc50"]["data"].update(data_changes)
     if features is not None:
-        ckpt["esc50"]["config"]["features"] = features
+        ckpt["esc50"]["features"] = features
     torch.save(ckpt, dst)
     return dst
 
 
-def test_ensemble_of_members_from_before_and_after_a_new_features_key(trained: dict, tmp_path: Path, capsys):
-    """A checkpoint written before ``features.eval_crops`` existed has the same frontend as one
-    recording ``eval_crops: 1``: they ensemble. One scoring three cuts per clip does not."""
+def test_ensemble_members_must_share_one_frontend(trained: dict, tmp_path: Path, capsys):
+    """Members with the same features ensemble; one scoring three cuts per clip does not."""
     first = trained["ckpt"]
-    recorded = torch.load(first, map_location="cpu", weights_only=False)["esc50"]["config"]["features"]
+    recorded = torch.load(first, map_location="cpu", weights_only=True)["esc50"]["features"]
     assert recorded["eval_crops"] == 1
-    older = {k: v for k, v in recorded.items() if k != "eval_crops"}
-    before = _perturbed_copy(first, tmp_path / "before.ckpt", features=older)
-    pack.main([str(first), str(before), str(tmp_path / "ensemble.ckpt")])
+    same = _perturbed_copy(first, tmp_path / "same.ckpt", features=recorded)
+    pack.main([str(first), str(same), str(tmp_path / "ensemble.ckpt")])
     assert (tmp_path / "ensemble.ckpt").is_file()
     three = _perturbed_copy(first, tmp_path / "three.ckpt", features={**recorded, "eval_crops": 3})
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         pack.main([str(first), str(three), str(tmp_path / "refused.ckpt")])
     assert exit_info.value.code == 2
-    assert "its features config differs" in capsys.readouterr().err
+    assert "its features differ" in capsys.readouterr().err
     assert not (tmp_path / "refused.ckpt").exists()
 
 

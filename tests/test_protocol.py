@@ -6,6 +6,7 @@ import json
 
 import lightning as L
 import torch
+from helpers import compose_config
 
 from esc50_lightning.data import FoldedAudioDataModule
 from esc50_lightning.factory import load_classifier
@@ -26,7 +27,7 @@ def test_holdout_reports_test_fold_with_checkpoint_selected_on_validation(holdou
     assert info["data"]["protocol"] == "holdout"
     assert f"epoch{metrics['best']['epoch']:03d}" in metrics["best_checkpoint"]
     dm = FoldedAudioDataModule(
-        dataset={**info["config"]["data"]["dataset"], "root": str(esc50_root)},
+        dataset={**compose_config().data.dataset, "root": str(esc50_root)},
         fold=2,
         protocol="holdout",
         limit_per_class=1,

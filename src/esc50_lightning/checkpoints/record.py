@@ -263,10 +263,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(
             f"{path}: not a usable esc50-lightning checkpoint (no 'esc50' run record and 'state_dict')"
         )
+    check_record(path, ckpt["esc50"])  # first: a record from 1.0 is named as such
     if problem := _plain_problem(ckpt, ""):
         raise UserError(f"{path}: refused, {_shown(problem.lstrip('.'), 160)}")
     _check_weights(path, ckpt["state_dict"])
-    check_record(path, ckpt["esc50"])
     return ckpt
 
 
