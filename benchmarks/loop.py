@@ -139,14 +139,15 @@ def run_bare_loop(cfg: DictConfig, epochs: int) -> list[float]:
     frontend = build_features(cfg)  # train.py's crop sizes; the loop below does its own cropping
     size, eval_size = frontend.output_shape, frontend.eval_shape
 
-    aug = cfg.augmentation.get("spec_augment")
+    chain = cfg.augmentation.get("chain") or {}
+    aug = chain.get("spec_augment")
     masks: list[torch.nn.Module] = []
     if aug:
         masks += [
             torchaudio.transforms.FrequencyMasking(aug.freq_mask_width, iid_masks=True)
         ] * aug.freq_masks
         masks += [torchaudio.transforms.TimeMasking(aug.time_mask_width, iid_masks=True)] * aug.time_masks
-    mixup_alpha = float(cfg.augmentation.get("mixup_alpha") or 0.0)
+    mixup_alpha = float(chain.mixup.alpha) if chain.get("mixup") else 0.0  # of the inputs
     smoothing = float(cfg.optim.get("label_smoothing") or 0.0)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     precision = str(cfg.trainer.precision)

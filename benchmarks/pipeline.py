@@ -182,7 +182,7 @@ def seed_style_rate(cfg: DictConfig, paths: list[Path], n_items: int) -> float:
         power=2.0,
     )
     to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=lm.top_db)
-    sa = cfg.augmentation.spec_augment
+    sa = cfg.augmentation.chain.spec_augment
     masks = [torchaudio.transforms.FrequencyMasking(sa.freq_mask_width) for _ in range(sa.freq_masks)]
     masks += [torchaudio.transforms.TimeMasking(sa.time_mask_width) for _ in range(sa.time_masks)]
     clip = int(cfg.data.dataset.sample_rate * cfg.data.dataset.clip_seconds)

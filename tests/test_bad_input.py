@@ -156,12 +156,13 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
             "the network 64 mel rows",
         ),
         (
-            ["augmentation.time_stretch=0.9"],
-            "error: augmentation.time_stretch=0.9 must be [low, high] playback rates, e.g. [0.8, 1.08]",
+            ["experiment=long_schedule", "augmentation.chain.time_stretch.rates=0.9"],
+            "error: augmentation.chain.time_stretch (esc50_lightning.features.TimeStretch): rates=0.9 must "
+            "be [low, high] playback rates, e.g. [0.8, 1.08]",
         ),
         (
-            ["augmentation.freq_mixstyle=0.4"],
-            "error: augmentation.freq_mixstyle=0.4 must be null or {_target_:",
+            ["augmentation.chain.freq_mixstyle=0.4"],
+            "error: augmentation.chain.freq_mixstyle=0.4 must be null (off) or an entry such as {_target_:",
         ),
         (
             ["model.net.dropout=1.5"],

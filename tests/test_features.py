@@ -26,7 +26,9 @@ def test_logmel_matches_torchaudio_by_hand(waves):
 
 
 def test_eval_features_are_standardised_centre_crops(waves):
-    extractor = FeatureExtractor(LogMel(), 220500, crop=(100, 384), augment=SpecAugment()).eval()
+    extractor = FeatureExtractor(
+        LogMel(), 220500, crop=(100, 384), augmentations={"spec_augment": SpecAugment()}
+    ).eval()
     out = extractor(waves)
     assert out.shape == (4, 1, 100, 384)
     spec = LogMel()(waves)
@@ -38,7 +40,9 @@ def test_eval_features_are_standardised_centre_crops(waves):
 
 
 def test_training_masks_and_crops_differ_per_sample_and_step(waves):
-    extractor = FeatureExtractor(LogMel(), 220500, crop=(100, 384), augment=SpecAugment()).train()
+    extractor = FeatureExtractor(
+        LogMel(), 220500, crop=(100, 384), augmentations={"spec_augment": SpecAugment()}
+    ).train()
     spec = LogMel()(waves[:1]).repeat(8, 1, 1)  # eight copies of one clip
     torch.manual_seed(0)
     first, second = extractor(spec), extractor(spec)

@@ -22,7 +22,9 @@ def reference(logmel: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
 
 def test_eval_output_matches_reference(waves: torch.Tensor) -> None:
     logmel = LogMel()
-    features = FeatureExtractor(logmel, 220500, (100, 384), augment=SpecAugment()).eval()
+    features = FeatureExtractor(
+        logmel, 220500, (100, 384), augmentations={"spec_augment": SpecAugment()}
+    ).eval()
     mels = logmel(waves)
     out = features(mels)
     assert out.shape == (6, 1, 100, 384)
@@ -62,7 +64,7 @@ def test_crop_fractions_adapt_to_clip_length() -> None:
 def test_specaugment_masks_are_bands_drawn_per_sample() -> None:
     torch.manual_seed(0)
     ones = torch.ones(64, 1, 100, 384)
-    out = SpecAugment(freq_masks=2, freq_mask_width=16, time_masks=2, time_mask_width=48)(ones)
+    out = SpecAugment(freq_masks=2, freq_mask_width=16, time_masks=2, time_mask_width=48).transform(ones)
     assert set(out.unique().tolist()) <= {0.0, 1.0}
     rows = out[:, 0].amax(dim=2) == 0  # (B, F) fully masked mel rows
     cols = out[:, 0].amax(dim=1) == 0  # (B, T) fully masked frames
@@ -74,7 +76,7 @@ def test_specaugment_masks_are_bands_drawn_per_sample() -> None:
 
 
 def test_masks_only_in_training(waves: torch.Tensor) -> None:
-    features = FeatureExtractor(LogMel(), 220500, (100, 384), augment=SpecAugment())
+    features = FeatureExtractor(LogMel(), 220500, (100, 384), augmentations={"spec_augment": SpecAugment()})
     torch.manual_seed(1)
     masked = features.train()(waves)[:, 0]
     assert bool(((masked == 0).all(dim=1)).any()), "training output has no masked frame"
@@ -87,7 +89,7 @@ def test_eval_frontend_is_batch_size_agnostic_when_traced(waves: torch.Tensor, e
     """Export traces the eval frontend at one batch size; it must serve any other (with several
     cuts per clip too: 5 clips give 15 cuts, pooled back to 5 rows)."""
     features = FeatureExtractor(
-        LogMel(), 220500, (100, 384), augment=SpecAugment(), eval_crops=eval_crops
+        LogMel(), 220500, (100, 384), augmentations={"spec_augment": SpecAugment()}, eval_crops=eval_crops
     ).eval()
     traced = torch.jit.trace(features, waves[:2], check_trace=False)
     torch.testing.assert_close(traced(waves[:5]), features(waves[:5]))
@@ -100,7 +102,7 @@ def test_evaluation_scores_its_own_centred_cut() -> None:
     """Training cuts ``crop`` at random; evaluation cuts ``eval_crop`` (default: the same size)."""
     logmel = LogMel(n_mels=64, hop_length=1024, f_max=14000.0)
     spec = torch.randn(3, 64, 216)
-    same = FeatureExtractor(logmel, 5 * 44100, (56, 200), augment=None)
+    same = FeatureExtractor(logmel, 5 * 44100, (56, 200), augmentations=None)
     assert same.eval_shape == same.output_shape == (56, 200)
     whole_clip = FeatureExtractor(logmel, 5 * 44100, (56, 200), eval_crop=(56, None))
     assert whole_clip.train()(spec).shape == (3, 1, 56, 200)

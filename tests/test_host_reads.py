@@ -54,7 +54,7 @@ def test_the_long_schedule_step_reads_nothing_back(waves: torch.Tensor, refuse_h
         torch.manual_seed(step)
         clips = {"x": waves[:size], "y": labels[:size], "row": torch.arange(size)}
         batch = module.on_after_batch_transfer(clips, 0)
-        assert "mix" in batch  # between-class mixing drawn
+        assert len(batch["targets"]) == 2  # between-class mixing drawn: two label terms
         with refuse_host_reads():
             loss = module.training_step(batch, step)
             loss.backward()
@@ -67,8 +67,9 @@ def test_the_long_schedule_step_reads_nothing_back(waves: torch.Tensor, refuse_h
     steps = list(module._train_steps)
     for (loss, size, prediction, y), batch in zip(module._train_steps, batches, strict=True):
         assert prediction.shape == y.shape == (size,) and size == len(batch["y"])
-        lam, perm = batch["mix"]
-        assert torch.equal(y, batch["y"] if lam >= 0.5 else batch["y"][perm])  # the dominant clip's label
+        (lam, own), (_, partner) = batch["targets"]
+        assert torch.equal(own, batch["y"])
+        assert torch.equal(y, own if lam >= 0.5 else partner)  # the dominant clip's label
         reference.update(prediction, y)
         reference_loss.update(loss, weight=size)
     module.count_train_steps()

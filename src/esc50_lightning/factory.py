@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from esc50_lightning.checkpoints.record import FORMAT, checkpoint_path, plain_state_dict, read_checkpoint
 from esc50_lightning.data.audio import clip_samples
 from esc50_lightning.errors import UserError
-from esc50_lightning.features import FeatureExtractor, LogMel
+from esc50_lightning.features import AugmentationChain, FeatureExtractor, LogMel
 from esc50_lightning.features.extractor import SAME_AS_CROP
 from esc50_lightning.models.blocks import InputNorm
 from esc50_lightning.models.ensemble import Ensemble
@@ -74,30 +74,63 @@ def crop_from_config(value: Any) -> Any:
 
 def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtractor:
     logmel = logmel or build_logmel(cfg)
-    aug = cfg.augmentation
-    augment = instantiate_setting(aug.spec_augment, "augmentation.spec_augment") if aug.spec_augment else None
-    # Checkpoints from before these keys existed trained without them.
-    mixstyle = None
-    if aug.get("freq_mixstyle"):
-        if not isinstance(aug.freq_mixstyle, DictConfig) or "_target_" not in aug.freq_mixstyle:
-            raise UserError(
-                f"augmentation.freq_mixstyle={aug.freq_mixstyle} must be null or "
-                "{_target_:esc50_lightning.features.FreqMixStyle,p:0.4,alpha:0.4}"
-            )
-        mixstyle = instantiate_setting(aug.freq_mixstyle, "augmentation.freq_mixstyle")
+    chain = build_augmentations(cfg)
+    if chain.at("waveform") and cfg.data.get("cache_features"):
+        names = [name for name, entry in chain.entries.items() if entry.acts_on == "waveform"]
+        raise UserError(
+            f"augmentation.chain.{names[0]} acts on waveforms, but data.cache_features=true gives the "
+            "frontend cached log-mels: set data.cache_features=false"
+        )
     return FeatureExtractor(
         logmel,
         clip_samples(cfg.data.dataset.sample_rate, cfg.data.dataset.clip_seconds),
         crop=crop_from_config(cfg.features.crop),
         normalize=cfg.features.normalize,
-        augment=augment,
+        augmentations=chain,
         # Older checkpoints have no eval_crop: they score the training crop's size.
         eval_crop=crop_from_config(cfg.features.get("eval_crop", SAME_AS_CROP)),
-        time_roll=aug.get("time_roll", 0.0),
-        time_stretch=aug.get("time_stretch"),
-        mixstyle=mixstyle,
         eval_crops=cfg.features.get("eval_crops", 1),
     )
+
+
+AUGMENTATION_KEYS = ("chain", "order")
+
+
+def build_augmentations(cfg: DictConfig) -> AugmentationChain:
+    """``augmentation.chain``'s entries (null ones are off), instantiated from the user's config
+    (checkpoints hold none), listed in ``augmentation.order`` and then as written."""
+    aug = cfg.get("augmentation") or {}
+    for key in aug:
+        if key not in AUGMENTATION_KEYS:
+            raise UserError(
+                f"augmentation.{key} is not a setting: augmentations are entries of augmentation.chain, "
+                "e.g. augmentation.chain.mixup.alpha=0.4 (conf/augmentation/, docs/extending.md)"
+            )
+    chain = aug.get("chain") or {}
+    if not isinstance(chain, DictConfig):
+        raise UserError(
+            f"augmentation.chain={chain} must map names to entries, e.g. {{mixup: {{_target_: ...}}}}"
+        )
+    order = aug.get("order") or []
+    if not isinstance(order, ListConfig | list) or not all(isinstance(n, str) for n in order):
+        raise UserError(f"augmentation.order={order} must be a list of augmentation.chain's names")
+    if unknown := [n for n in order if n not in chain]:
+        raise UserError(
+            f"augmentation.order names {unknown[0]}, which augmentation.chain does not have "
+            f"(it has {', '.join(chain) or 'nothing'})"
+        )
+    entries = {}
+    for name in dict.fromkeys([*order, *chain]):
+        node, key = chain[name], f"augmentation.chain.{name}"
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise UserError(
+                f"{key}={node} must be null (off) or an entry such as "
+                "{_target_:esc50_lightning.features.FreqMixStyle,p:0.4,alpha:0.4}"
+            )
+        entries[name] = instantiate_setting(node, key)
+    return AugmentationChain(entries)
 
 
 def check_input_rows(net: torch.nn.Module, features: FeatureExtractor) -> None:
@@ -140,8 +173,6 @@ def build_module(
         scheduler=build_scheduler(optim),
         scheduler_interval=optim.get("scheduler_interval", "epoch"),
         class_names=class_names,
-        mixup_alpha=cfg.augmentation.get("mixup_alpha", 0.0),
-        mixup_mode=cfg.augmentation.get("mixup_mode", "logmel"),
         label_smoothing=optim.get("label_smoothing", 0.0),
         channels_last=cfg.get("channels_last", False),
         compile=cfg.get("compile", False),

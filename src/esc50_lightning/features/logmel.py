@@ -1,10 +1,13 @@
-"""Where audio becomes features: waveforms ``(B, T)`` to dB log-mel spectrograms ``(B, n_mels, frames)``."""
+"""The mel frontend: waveforms ``(B, T)`` to dB log-mel spectrograms ``(B, n_mels, frames)``, and
+SpecAugment, its time and frequency masks (a training-only entry of the augmentation chain)."""
 
 from __future__ import annotations
 
 import torch
 import torchaudio
 from torch import nn
+
+from esc50_lightning.features.chain import Augmentation
 
 
 class LogMel(nn.Module):
@@ -59,6 +62,60 @@ class LogMel(nn.Module):
         # AmplitudeToDB clamps to top_db below the peak of each item of a 4-D (B, C, F, T) input;
         # a 3-D input would be read as (C, F, T) and clamped against the whole batch's peak.
         return self.to_db(self.mel(waveform.float()).unsqueeze(1)).squeeze(1)
+
+
+class SpecAugment(Augmentation):
+    """Time and frequency masks, independent for every sample.
+
+    Draws masks like torchaudio's ``FrequencyMasking``/``TimeMasking`` with ``iid_masks=True``
+    (width ~ U[0, max width), start ~ U[0, size - width)) and fills them with 0, but builds
+    one small 1-D mask per axis and applies them as two broadcast multiplies: about 20x less
+    work per batch than masking the whole spectrogram once per mask.
+    """
+
+    acts_on = "input"
+
+    def __init__(
+        self,
+        freq_masks: int = 2,
+        freq_mask_width: int = 16,
+        time_masks: int = 2,
+        time_mask_width: int = 48,
+    ):
+        super().__init__()
+        self.freq_masks, self.freq_mask_width = freq_masks, freq_mask_width
+        self.time_masks, self.time_mask_width = time_masks, time_mask_width
+
+    @staticmethod
+    def _keep(batch: int, size: int, count: int, width: int, device: torch.device) -> torch.Tensor:
+        """``(batch, size)`` float mask: 0 inside any of ``count`` random bands, 1 elsewhere."""
+        keep = torch.ones(batch, size, device=device)
+        if width < 1:
+            return keep
+        positions = torch.arange(size, device=device)
+        for _ in range(count):
+            value = torch.rand(batch, 1, device=device) * width
+            start = torch.rand(batch, 1, device=device) * (size - value)
+            lo = start.long()
+            keep.masked_fill_((positions >= lo) & (positions < lo + value.long()), 0.0)
+        return keep
+
+    def masks(
+        self, batch: int, freq: int, time: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(batch, freq)`` and ``(batch, time)`` float masks: 0 inside a band, 1 elsewhere."""
+        keep_f = self._keep(batch, freq, self.freq_masks, self.freq_mask_width, device)
+        keep_t = self._keep(batch, time, self.time_masks, self.time_mask_width, device)
+        return keep_f, keep_t
+
+    def transform(self, spec: torch.Tensor) -> torch.Tensor:
+        """``spec``: ``(B, ..., F, T)``; every sample (all its channels) gets its own masks."""
+        batch, freq, time = spec.shape[0], spec.shape[-2], spec.shape[-1]
+        keep_f, keep_t = self.masks(batch, freq, time, spec.device)
+        middle = (1,) * (spec.dim() - 3)
+        keep_f = keep_f.view(batch, *middle, freq, 1).to(spec.dtype)
+        keep_t = keep_t.view(batch, *middle, 1, time).to(spec.dtype)
+        return spec * keep_f * keep_t
 
 
 # PANNs' frontend (features=logmel_panns): the settings their AudioSet checkpoints were trained on.

@@ -16,7 +16,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from esc50_lightning.errors import UserError
-from esc50_lightning.features import FeatureExtractor
+from esc50_lightning.features import Batch, FeatureExtractor
+from esc50_lightning.features.chain import Weight, dominant_labels
 from esc50_lightning.training.metrics import classification_metrics, confusion_figure
 from esc50_lightning.training.schedules import steps_per_batch
 
@@ -25,16 +26,14 @@ SchedulerFactory = Callable[..., Any]
 
 log = logging.getLogger(__name__)
 
-# augmentation.mixup_mode: interpolate the network's inputs, or mix the clips as sounds.
-MIXUP_MODES = ("logmel", "between_class")
-
 
 class AudioClassifier(L.LightningModule):
     """Wraps any ``nn.Module`` over log-mels.
 
     ``on_after_batch_transfer`` turns batches (waveforms or cached log-mels) into model inputs on
-    the training device; SpecAugment and the random crop apply only in training mode. Metrics
-    are accumulated over the whole epoch, never averaged over batches.
+    the training device; the random crop and the augmentation chain apply only in training mode,
+    where the labels come out of the chain as weighted terms (mixing clips mixes their labels).
+    Metrics are accumulated over the whole epoch, never averaged over batches.
     """
 
     def __init__(
@@ -45,8 +44,6 @@ class AudioClassifier(L.LightningModule):
         class_names: Sequence[str],
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
-        mixup_alpha: float = 0.0,
-        mixup_mode: str = "logmel",
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
@@ -59,10 +56,6 @@ class AudioClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.class_names = list(class_names)
-        if mixup_mode not in MIXUP_MODES:
-            raise UserError(f"augmentation.mixup_mode={mixup_mode} must be one of {', '.join(MIXUP_MODES)}")
-        self.mixup_alpha = mixup_alpha
-        self.mixup_mode = mixup_mode
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
         self.compile = compile
@@ -97,20 +90,14 @@ class AudioClassifier(L.LightningModule):
 
     # ---- forward ---------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, Any]:
-        # Between-class mixing happens on the spectrograms before standardisation, so it is
-        # drawn here; training_step reads the draw back to weigh the two labels.
-        mix = None
-        if self.training and self.mixup_alpha > 0 and self.mixup_mode == "between_class":
-            mix = self._draw_mix(batch["x"].shape[0], batch["x"].device)
-        x = self.features(batch["x"], mix=mix)
+        if self.training:  # the augmentation chain may mix clips, and their labels with them
+            out = self.features.augment(Batch.of(batch["x"], batch["y"]))
+            x, batch = out.x, {**batch, "targets": out.targets}
+        else:
+            x = self.features(batch["x"])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return {**batch, "x": x} if mix is None else {**batch, "x": x, "mix": mix}
-
-    def _draw_mix(self, batch_size: int, device: torch.device) -> tuple[float, torch.Tensor]:
-        """One Beta(alpha, alpha) weight for the batch and a random partner for every clip."""
-        weight = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
-        return weight, torch.randperm(batch_size, device=device)
+        return {**batch, "x": x}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of ``self.features``' output: one row per clip (several evaluation cuts of a
@@ -119,25 +106,26 @@ class AudioClassifier(L.LightningModule):
 
     # ---- steps -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """``batch["mix"]``, when present, is the ``(weight, perm)`` the features mixed with."""
-        x, y = batch["x"], batch["y"]
-        mix = batch.get("mix")  # already mixed as sounds (between_class)
-        if mix is None and self.mixup_alpha > 0:  # mixup of the network's inputs
-            mix = self._draw_mix(x.shape[0], x.device)
-            x = mix[0] * x + (1 - mix[0]) * x[mix[1]]
-        if mix is not None:
-            lam, perm = mix
-            logits = self(x)
-            loss = lam * self._loss(logits, y) + (1 - lam) * self._loss(logits, y[perm])
-            y = y if lam >= 0.5 else y[perm]  # metrics follow the dominant clip
-        else:
-            logits = self(x)
-            loss = self._loss(logits, y)
-        self._train_steps.append((loss.detach(), x.shape[0], logits.detach().argmax(dim=1), y))
+        """``batch["targets"]``: the labels as ``(weight, labels)`` terms (``features.Batch``)."""
+        targets = batch.get("targets") or ((1.0, batch["y"]),)
+        logits = self(batch["x"])
+        loss = self._loss(logits, targets)
+        y = dominant_labels(targets)  # metrics follow the dominant clip of a mix
+        self._train_steps.append((loss.detach(), batch["x"].shape[0], logits.detach().argmax(dim=1), y))
         return loss
 
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+    def _loss(self, logits: torch.Tensor, targets: tuple[tuple[Weight, torch.Tensor], ...]) -> torch.Tensor:
+        """``Σ weight · cross-entropy`` over the label terms; a per-clip weight weighs each clip."""
+        logits, loss = logits.float(), None
+        for weight, labels in targets:
+            if isinstance(weight, torch.Tensor):
+                each = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")
+                term = (weight * each).mean()
+            else:
+                term = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+                term = term if weight == 1.0 else weight * term
+            loss = term if loss is None else loss + term
+        return loss
 
     def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> None:
         logits = self(batch["x"]).float()
