@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -122,7 +123,10 @@ def test_a_network_of_a_trusted_module_needs_the_setting(esc50_root, cache_dir, 
     path = tmp_path / "mine.ckpt"
     torch.save(ckpt, path)
     clip = esc50_root / "audio" / "1-100032-A-0.wav"  # a dog
-    env = {**command_env(esc50_root, tmp_path, cache=cache_dir), "PYTHONPATH": str(module.parent)}
+    env = {
+        **command_env(esc50_root, tmp_path, cache=cache_dir),
+        "PYTHONPATH": os.pathsep.join([str(module.parent), os.environ.get("PYTHONPATH", "")]),
+    }
     predict = ["-m", "esc50_lightning.predict", "--ckpt", str(path), str(clip)]
     refused = run_command(predict, env=env)
     assert refused.returncode == 2
