@@ -98,6 +98,13 @@ def test_trackers_count_epochs_from_1_and_each_line_prints_once(esc50_root, cach
     (found,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert {m.value for m in client.get_metric_history(found.info.run_id, "epoch")} == {1.0}
 
+    # The report of this one run names it by its folder (not "."), per-class rows in the files only.
+    out = tmp_path / "report"
+    proc = run_command(["-m", "esc50_lightning.report", run, "--out", out], check=True)
+    table = pd.read_csv(out / "results.csv")
+    assert table.loc[table.row == "run", "run"].tolist() == [run.name]
+    assert "| dog |" in (out / "results.md").read_text() and "| dog |" not in proc.stdout
+
 
 def test_wandb_logs_without_warnings_the_user_cannot_act_on(esc50_root, cache_dir, tmp_path):
     output, run = _tiny_run("wandb", esc50_root, cache_dir, tmp_path)
