@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers import REPO, command_env, run_command, run_dirs, run_warm
 
-from esc50_lightning.commands.pack import ensemble_checkpoint, slim_checkpoint
 from esc50_lightning.factory import load_classifier
+from esc50_lightning.tasks.pack import ensemble_checkpoint, slim_checkpoint
 
 SHIPPED = REPO / "src" / "esc50_lightning" / "pretrained" / "esc50_fold1.ckpt"
 

@@ -197,8 +197,8 @@ MISTAKES = [
     ),
     (
         "eval.py",
-        ["ckpt_path=x.ckpt", "data.fold=abc"],
-        "error: data.fold=abc: not an integer; give the number of one of the dataset's folds",
+        ["ckpt_path=x.ckpt", "data.fold=abc"],  # eval.py composes the data group too
+        "error: data.fold=abc: not an integer; choose from 1, 2, 3, 4, 5",
     ),
     (
         "eval.py",

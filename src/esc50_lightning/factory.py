@@ -389,19 +389,18 @@ def build_datamodule(cfg: DictConfig, logmel: LogMel) -> Any:
     return instantiate_setting(cfg.data, "data", frontend=logmel)
 
 
-def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[Any]:
-    """The callbacks group's callbacks, less those the config turns off: early stopping without
-    a patience, a learning-rate monitor without a logger (Lightning refuses it), and the progress
-    bar, summary or checkpoints a ``trainer.enable_*: false`` turns off."""
+def build_callbacks(cfg: DictConfig, with_loggers: bool, early_stopping: bool) -> list[Any]:
+    """The callbacks group's callbacks, less those the config turns off: early stopping unless
+    ``early_stopping`` (its patience is set), a learning-rate monitor without a logger (Lightning
+    refuses it), and the progress bar, summary or checkpoints a ``trainer.enable_*: false`` turns
+    off."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
     from lightning.pytorch.callbacks.progress import ProgressBar
-
-    from esc50_lightning.tasks.checks import early_stopping_on
 
     callbacks = [
         instantiate_setting(c, f"callbacks.{key}")
         for key, c in (cfg.get("callbacks") or {}).items()
-        if c and not (key == "early_stopping" and not early_stopping_on(cfg))
+        if c and not (key == "early_stopping" and not early_stopping)
     ]
     if not with_loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

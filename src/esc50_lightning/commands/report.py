@@ -45,8 +45,8 @@ from esc50_lightning.commands.arguments import report_parser
 from esc50_lightning.commands.search_summary import is_search, search_report
 from esc50_lightning.data.table import DatasetSpec, read_table
 from esc50_lightning.errors import UserError, run_guarded
-from esc50_lightning.hydra_ext.run_dirs import read_run_config
 from esc50_lightning.hydra_ext.task import check_value_types
+from esc50_lightning.tasks.results import read_run_config
 from esc50_lightning.training.metrics import confusion_figure
 
 # Overrides that identify the fold, the model or the launcher, not a different experiment.

@@ -14,7 +14,7 @@ import functools
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 # Folders above a claimed run folder that this process created (``outputs/eval/runs``), deepest
 # first: a run that fails before writing anything removes them with its own folder, if empty.
@@ -41,12 +41,3 @@ def claim_dir(path: str) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("unique_dir"):
         OmegaConf.register_new_resolver("unique_dir", claim_dir, use_cache=True)
-
-
-def read_run_config(run_dir: Path) -> DictConfig | None:
-    """The composed config a run folder records (``.hydra/config.yaml``); ``None`` if absent or unreadable."""
-    try:
-        loaded = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    except Exception:
-        return None
-    return loaded if isinstance(loaded, DictConfig) else None

@@ -62,7 +62,7 @@ class StopWorkersOnSigterm(Callback):
 
 class EnsembleSweep(Callback):
     """When a sweep ends, average the predictions of its finished runs that held out the same
-    fold (``esc50_lightning.pack.ensemble_checkpoint``) and score that ensemble once on the fold,
+    fold (``tasks.pack.ensemble_checkpoint``) and score that ensemble once on the fold,
     as ``python eval.py`` would: ``<sweep dir>/ensemble_fold<k>/`` gets ``ensemble.ckpt``,
     ``metrics.json`` and ``predictions_test.csv``. ``hydra/callbacks=ensemble`` turns it on; run
     without ``-m``, such a config trains one member, and the callback says so.
@@ -100,8 +100,8 @@ class EnsembleSweep(Callback):
     def _score(self, config: DictConfig, out: Path, runs: list[Path]) -> None:
         from hydra import compose
 
-        from esc50_lightning.commands.pack import ensemble_checkpoint
         from esc50_lightning.tasks.evaluate import evaluate
+        from esc50_lightning.tasks.pack import ensemble_checkpoint
 
         out.mkdir(parents=True, exist_ok=True)
         sources = [run / "checkpoints" / self.checkpoint for run in runs]

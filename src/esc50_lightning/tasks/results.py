@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -168,3 +169,12 @@ def write_results(trainer: Any, module: Any, datamodule: Any, run_dir: Path, bes
                 )
         print_summary(metrics, run_dir)
     return metrics
+
+
+def read_run_config(run_dir: Path) -> DictConfig | None:
+    """The composed config a run folder records (``.hydra/config.yaml``); ``None`` if absent or unreadable."""
+    try:
+        loaded = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    except Exception:
+        return None
+    return loaded if isinstance(loaded, DictConfig) else None

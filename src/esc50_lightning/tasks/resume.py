@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from esc50_lightning.atomic import atomic_file
 from esc50_lightning.checkpoints.record import read_checkpoint
 from esc50_lightning.errors import UserError
-from esc50_lightning.hydra_ext.run_dirs import read_run_config
+from esc50_lightning.tasks.results import read_run_config
 
 log = logging.getLogger(__name__)
 

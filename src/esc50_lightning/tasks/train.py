@@ -20,7 +20,7 @@ from esc50_lightning.factory import (
     build_trainer,
     describe_lr_scaling,
 )
-from esc50_lightning.tasks.checks import check_train_config
+from esc50_lightning.tasks.checks import check_train_config, early_stopping_on
 from esc50_lightning.tasks.results import write_results
 from esc50_lightning.tasks.resume import resume_in_place
 from esc50_lightning.training.display import quiet_lightning
@@ -41,7 +41,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     describe_run(cfg, datamodule, run_dir)
     module = build_module(cfg, datamodule.class_names, logmel, data=datamodule.describe())
     loggers = build_loggers(cfg)
-    callbacks = build_callbacks(cfg, with_loggers=bool(loggers))
+    callbacks = build_callbacks(cfg, with_loggers=bool(loggers), early_stopping=early_stopping_on(cfg))
     check_time_budget(callbacks, module.scheduler_factory, cfg.trainer.get("max_epochs"))
     log_config(loggers, cfg)
     trainer = build_trainer(cfg, callbacks, loggers)
