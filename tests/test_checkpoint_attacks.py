@@ -18,6 +18,16 @@ SHIPPED = REPO / "src" / "esc50_lightning" / "pretrained" / "esc50_fold1.ckpt"
 SECRET = "s3cr3t-value-from-the-environment"
 
 
+class _Payload:
+    """Unpickling this calls ``Path.touch(marker)``: proof that a loader ran the file's code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
 def _variants(tmp_path: Path) -> dict[str, Path]:
     """Every kind of attack the project has seen, each hidden in an otherwise valid checkpoint."""
     good = torch.load(SHIPPED, map_location="cpu", weights_only=True)
@@ -33,6 +43,7 @@ def _variants(tmp_path: Path) -> dict[str, Path]:
         ckpt["state_dict"][key] = ckpt["state_dict"][key].clone().fill_(math.nan)
 
     variants = {
+        "a pickled object that runs code": edit(lambda c: c["esc50"].update(note=_Payload(marker))),
         "a name of code in the settings": edit(
             lambda c: c["esc50"]["net"]["kwargs"].update(
                 init={"_target_": "pathlib.Path.touch", "self": str(marker)}

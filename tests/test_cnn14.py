@@ -291,7 +291,8 @@ def test_predict_tags_audioset_with_the_published_file(
     import numpy as np
     import soundfile as sf
 
-    from esc50_lightning import audioset, predict
+    from esc50_lightning import audioset
+    from esc50_lightning.commands import predict
 
     _, path = reference
     wav = tmp_path / "clip.wav"

@@ -42,6 +42,8 @@ def test_ddp_two_processes_match_a_single_process(esc50_root: Path, tmp_path: Pa
     module, _ = load_classifier(run / "checkpoints" / "last.ckpt")
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")  # the run's own config, as Hydra wrote it
     assert cfg.trainer.strategy == "ddp"
+    cfg.data.dataset.root = str(tmp_path / "esc50")  # as the run's environment had it (ESC50_ROOT)
+    cfg.data.cache_dir = env["ESC50_CACHE"]
     datamodule = instantiate(cfg.data, frontend=build_logmel(cfg))
     trainer = L.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False

@@ -23,7 +23,7 @@ from esc50_lightning.errors import DataError
 from esc50_lightning.factory import load_classifier
 
 SHIPPED = predict.PRETRAINED
-PACKAGE = export.PACKAGE_DIR
+PACKAGE = SHIPPED.parent.parent  # the installed package's folder
 # The shipped model's record, written by hand: an export must never replace it.
 RECORD_BYTES = SHIPPED.with_suffix(".json").read_bytes()
 BIRDS = "1-100038-A-14.wav"  # fold 1 (never trained on), chirping_birds

@@ -107,7 +107,7 @@ def build_augmentations(cfg: DictConfig) -> AugmentationChain:
                 "e.g. augmentation.chain.mixup.alpha=0.4 (conf/augmentation/, docs/extending.md)"
             )
     chain = aug.get("chain") or {}
-    if not isinstance(chain, DictConfig):
+    if not isinstance(chain, DictConfig | dict):
         raise UserError(
             f"augmentation.chain={chain} must map names to entries, e.g. {{mixup: {{_target_: ...}}}}"
         )

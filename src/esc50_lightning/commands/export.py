@@ -37,7 +37,7 @@ from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.factory import load_classifier
 from esc50_lightning.features import FeatureExtractor
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed package, above commands/
 
 
 class WaveformClassifier(nn.Module):

@@ -37,13 +37,11 @@ def eval_data_config(cfg: DictConfig, trained: dict[str, Any], fold: int, where:
             f"{where}: trained on dataset {recorded}, but this command scores on {name}: "
             f"choose data={recorded} (or your data config for it) and its data.root"
         )
-    for key in ("sample_rate", "clip_seconds"):
-        if float(data.dataset[key]) != float(trained[key]):
-            raise UserError(
-                f"{where}: trained at data.dataset.{key}={trained[key]}, but this command's data "
-                f"config has {data.dataset[key]}; set data.dataset.{key}={trained[key]}"
-            )
     with open_dict(data):
+        # clips are decoded as the network heard them in training (resampled, cut or padded):
+        # numbers from the verified record, not paths
+        data.dataset.sample_rate = trained["sample_rate"]
+        data.dataset.clip_seconds = trained["clip_seconds"]
         data.fold = fold
         data.protocol = trained["protocol"]
     return data
