@@ -87,7 +87,7 @@ def build_features(cfg: DictConfig, logmel: LogMel | None = None) -> FeatureExtr
         crop=crop_from_config(cfg.features.crop),
         normalize=cfg.features.normalize,
         augmentations=chain,
-        # Older checkpoints have no eval_crop: they score the training crop's size.
+        # A features config without eval_crop scores the training crop's size.
         eval_crop=crop_from_config(cfg.features.get("eval_crop", SAME_AS_CROP)),
         eval_crops=cfg.features.get("eval_crops", 1),
     )
