@@ -206,13 +206,14 @@ def _check_weights(path: Path, state: Any) -> None:
 # numpy arrays, scalars and dtypes: data a training script may have saved next to the weights (a
 # sampler's state, say). Allowed, by name, when a file holds them; nothing else is.
 NUMPY_DATA = ("_reconstruct", "scalar", "ndarray", "dtype")
+NUMPY_MODULES = ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.dtypes")
 _REFUSED = re.compile(r"GLOBAL (\S+)|but got <class '([^']+)'>")
 
 
 def _numpy_data(name: str) -> tuple[Any, str] | None:
     """``(object, name)`` for ``torch.serialization.safe_globals`` if ``name`` is numpy data."""
     module, _, attr = name.rpartition(".")
-    if module.split(".")[0] != "numpy":
+    if module not in NUMPY_MODULES:  # a fixed set: no module named by the file is imported
         return None
     if attr not in NUMPY_DATA and not (module == "numpy.dtypes" and attr.endswith("DType")):
         return None
