@@ -107,10 +107,15 @@ def test_trackers_count_epochs_from_1_and_each_line_prints_once(esc50_root, cach
 
 
 def test_wandb_logs_without_warnings_the_user_cannot_act_on(esc50_root, cache_dir, tmp_path):
+    """logger=wandb, output redirected: no anonymous-mode warning, no colour codes, Lightning's
+    lines once, and wandb's closing hint as one line of the log naming the offline run to sync."""
     output, run = _tiny_run("wandb", esc50_root, cache_dir, tmp_path)
-    # (wandb's own closing lines still carry colour codes: its printer, not ours)
-    assert "anonymous" not in output and output.count("GPU available: False, used: False") == 1, output
-    assert list((run / "wandb").glob("offline-run-*")), "the offline W&B run was not written"
+    assert not [n for n in NOISE if n in output], output
+    assert output.count("GPU available: False, used: False") == 1, output
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    hints = [line for line in output.splitlines() if "wandb sync" in line]
+    assert len(hints) == 1 and hints[0].endswith(f"upload it with: wandb sync {offline}"), output
+    assert not [line for line in output.splitlines() if line.startswith("wandb: ")], output
 
 
 # ---- bad input: one short line, nothing left behind -------------------------------------------

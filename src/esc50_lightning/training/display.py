@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -19,6 +20,8 @@ from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from rich import get_console
 from rich.table import Table
 from torch import Tensor
+
+_log = logging.getLogger(__name__)
 
 
 class ModelCheckpoint(LightningModelCheckpoint):
@@ -60,14 +63,37 @@ class ModelCheckpoint(LightningModelCheckpoint):
 
 
 class WandbLogger(LightningWandbLogger):
-    """Lightning's ``WandbLogger`` less the ``anonymous`` argument it always hands to ``wandb.init``
-    (``None`` when not asked for), which wandb 0.19+ answers with a warning the user cannot act on
-    ("The anonymous setting has no effect"). Everything else as Lightning's."""
+    """Lightning's ``WandbLogger`` with wandb's console lines replaced by one line of the run's log.
+
+    - wandb is made silent: its banner, run tables and closing hints are written outside the log
+      format, with colour codes even into a redirected log. What the user needs of them, where
+      the run is and how to upload it, is logged once at the end (:meth:`finalize`).
+    - Lightning always hands ``wandb.init`` an ``anonymous`` argument (``None`` when not asked
+      for), which wandb 0.19+ answers with a warning the user cannot act on: it is left out.
+
+    A ``settings`` given in the config (a mapping of ``wandb.Settings`` fields) is kept; its
+    ``silent: false`` brings wandb's own lines back.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
+        settings = self._wandb_init.get("settings") or {}
+        if isinstance(settings, Mapping):
+            self._wandb_init["settings"] = {"silent": True, **settings}
+        self._announced = False
+
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if self._experiment is None or self._announced:
+            return
+        self._announced = True  # Lightning finalizes after fit and again after test
+        settings = self._experiment.settings
+        if settings._offline:
+            _log.info("W&B run written offline; upload it with: wandb sync %s", settings.sync_dir)
+        elif self._experiment.url:
+            _log.info("W&B run: %s", self._experiment.url)
 
 
 class ProgressBar(RichProgressBar):
