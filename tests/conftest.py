@@ -21,7 +21,6 @@ from helpers import (  # noqa: E402  (after the assert-rewrite registration)
     load_clips,
     make_us8k_like,
     run_command,
-    run_warm,
     session_dir,
     train_once,
 )
@@ -76,20 +75,18 @@ def run_train(esc50_root: Path, cache_dir: Path, tmp_path: Path):
     """Run ``python <script> [debug=tiny] overrides...`` with outputs under tmp_path/outputs.
 
     ``tiny`` adds the tiny-run setting (train.py only; pass ``tiny=False`` for eval.py or a full
-    run); ``check`` raises with the output on a non-zero exit; ``env`` adds variables; ``warm`` runs
-    a command that stops before training without Python's start-up (helpers/warm.py).
+    run); ``check`` raises with the output on a non-zero exit; ``env`` adds variables. The command
+    runs without Python's start-up (helpers/warm.py) unless ``cold`` or its ``env`` asks for a
+    fresh interpreter.
     """
 
     def run(
-        *overrides: str, script: str = "train.py", tiny: bool = True, check: bool = True, env=None, warm=False
+        *overrides: str, script: str = "train.py", tiny: bool = True, check: bool = True, env=None, cold=False
     ):
         full_env = {**command_env(esc50_root, tmp_path, cache=cache_dir), **(env or {})}
-        args = hydra_args(script, *overrides, tiny=tiny)
-        if warm:  # a command that stops before training: without the start-up (helpers/warm.py)
-            proc = run_warm(args, env=full_env, timeout=900)
-            assert not check or proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
-            return proc
-        return run_command(args, env=full_env, timeout=900, check=check)
+        return run_command(
+            hydra_args(script, *overrides, tiny=tiny), env=full_env, timeout=900, check=check, cold=cold
+        )
 
     return run
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import command_env, hydra_args, make_subset, run_dirs, run_warm, snapshot
+from helpers import command_env, hydra_args, make_subset, run_command, run_dirs, snapshot
 
 from esc50_lightning.data import FoldedAudioDataModule
 from esc50_lightning.data.table import DatasetSpec
@@ -32,7 +32,7 @@ def test_every_broken_audio_file_is_listed(esc50_root: Path, tmp_path: Path) -> 
     (audio / names[3]).write_text("this is a text file, not audio\n" * 20)
     before = snapshot(root)
 
-    proc = run_warm(hydra_args("train.py"), env=command_env(root, tmp_path))
+    proc = run_command(hydra_args("train.py"), env=command_env(root, tmp_path))
 
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "error: dataset check failed (4 problems):" in proc.stderr
@@ -61,7 +61,7 @@ def test_every_csv_problem_is_listed(esc50_root: Path, tmp_path: Path) -> None:
     frame.to_csv(root / "meta" / "esc50.csv", index=False)
     csv = root / "meta" / "esc50.csv"
 
-    proc = run_warm(hydra_args("train.py"), env=command_env(root, tmp_path))
+    proc = run_command(hydra_args("train.py"), env=command_env(root, tmp_path))
 
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -187,7 +187,7 @@ def test_other_rate_channels_and_length_are_converted_with_a_warning(
     ],
 )
 def test_config_mistakes(esc50_root: Path, tmp_path: Path, overrides: list[str], message: str) -> None:
-    proc = run_warm(hydra_args("train.py", *overrides), env=command_env(esc50_root, tmp_path))
+    proc = run_command(hydra_args("train.py", *overrides), env=command_env(esc50_root, tmp_path))
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -197,7 +197,7 @@ def test_config_mistakes(esc50_root: Path, tmp_path: Path, overrides: list[str],
 
 def test_full_error_shows_the_traceback(esc50_root: Path, tmp_path: Path) -> None:
     env = command_env(esc50_root, tmp_path, HYDRA_FULL_ERROR="1")
-    proc = run_warm(hydra_args("train.py", "trainer.max_epochs=-1"), env=env)
+    proc = run_command(hydra_args("train.py", "trainer.max_epochs=-1"), env=env)
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "UserError: trainer.max_epochs=-1 must be 0 or more" in proc.stderr
 

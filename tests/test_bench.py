@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from helpers import command_env, run_command, run_warm
+from helpers import command_env, run_command
 
 from esc50_lightning.training.precision import cpu_has_native_bf16
 
@@ -66,7 +66,7 @@ def test_bench_device_without_cuda_is_one_error_line(esc50_root: Path, tmp_path:
     # refused the same way, before any data is read.
     env = command_env(esc50_root, tmp_path, CUDA_VISIBLE_DEVICES="")
     for device, expected in (("cuda", "no CUDA device is available"), ("gpu0", "use auto, cpu or cuda")):
-        proc = run_warm(["-m", "benchmarks", "--device", device, "--root", esc50_root], env=env)
+        proc = run_command(["-m", "benchmarks", "--device", device, "--root", esc50_root], env=env)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: --device {device}: "), proc.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, command_env, run_command, run_dirs, run_warm
+from helpers import REPO, command_env, run_command, run_dirs
 
 SHIPPED = REPO / "src" / "esc50_lightning" / "pretrained" / "esc50_fold1.ckpt"
 SECRET = "s3cr3t-value-from-the-environment"
@@ -111,7 +111,7 @@ def test_every_attack_is_refused_in_one_line_by_every_command(command, esc50_roo
     for name, path in _variants(tmp_path).items():
         out = tmp_path / "out" / path.stem
         out.mkdir(parents=True)
-        proc = run_warm(_commands(path, clip, out)[command], env=env)
+        proc = run_command(_commands(path, clip, out)[command], env=env)
         shown = proc.stdout + proc.stderr
         assert proc.returncode == 2, (name, shown)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

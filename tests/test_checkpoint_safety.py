@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, command_env, run_command, run_dirs, run_warm
+from helpers import REPO, command_env, run_command, run_dirs
 
 from esc50_lightning.factory import load_classifier
 from esc50_lightning.tasks.pack import ensemble_checkpoint, slim_checkpoint
@@ -74,7 +74,7 @@ def test_a_malformed_checkpoint_through_predict_is_one_line_and_exit_2(esc50_roo
     path, expected = _malformed(tmp_path)["weights of the wrong shape"]
     clip = next((esc50_root / "audio").glob("1-*.wav"))
     env = command_env(esc50_root, tmp_path, cache=cache_dir)
-    proc = run_warm(["-m", "esc50_lightning.predict", "--ckpt", str(path), str(clip)], env=env)
+    proc = run_command(["-m", "esc50_lightning.predict", "--ckpt", str(path), str(clip)], env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: {path}: {proc.stderr.split(f'{path}: ', 1)[1].strip()}"

@@ -121,7 +121,7 @@ def test_data_checks_name_us8k_columns(us8k: tuple[Path, pd.DataFrame], tmp_path
 
 
 def test_folded_csv_needs_root_and_csv(run_train) -> None:
-    proc = run_train("data=folded_csv", check=False, warm=True)
+    proc = run_train("data=folded_csv", check=False)
     assert proc.returncode == 2
     assert "data.dataset.root and data.dataset.csv must be set" in proc.stderr
 

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from helpers import command_env, run_command, run_dirs, run_warm
+from helpers import command_env, run_command, run_dirs
 
 from esc50_lightning.commands import pack, predict
 from esc50_lightning.data.audio import fit_length, read_mono
@@ -69,7 +69,7 @@ def test_eval_scores_the_checkpoint_like_its_final_epoch(trained: dict, tmp_path
 def test_eval_refuses_a_training_fold_unless_told(trained: dict, tmp_path: Path) -> None:
     overrides = [f"ckpt_path={trained['ckpt']}", "data.fold=3", "data.limit_per_class=1"]
     env = {**trained["env"], "ESC50_OUTPUTS": str(tmp_path)}
-    refused = run_warm(["eval.py", *overrides], env=env)
+    refused = run_command(["eval.py", *overrides], env=env)
     assert refused.returncode == 2
     assert "Traceback" not in refused.stderr
     assert "data.fold=3 is a fold this checkpoint was trained on" in refused.stderr
@@ -112,7 +112,7 @@ def test_eval_averages_the_logits_of_evenly_spaced_cuts(trained: dict, tmp_path:
     assert abs(float(single) - loss) > 1e-4
 
     # three cuts of the whole clip would be one cut three times: refused in one line
-    refused = run_warm(["eval.py", *overrides, "eval_crop=[100,null]", "eval_crops=3"], env=env)
+    refused = run_command(["eval.py", *overrides, "eval_crop=[100,null]", "eval_crops=3"], env=env)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "features.eval_crops=3 needs features.eval_crop shorter than the clip" in refused.stderr
     assert len(run_dirs(tmp_path / "eval")) == 1  # nothing left by the refused run
@@ -220,7 +220,7 @@ def test_ensemble_refuses_members_trained_on_other_folds(trained: dict, tmp_path
     splits = {"train": [1, 3, 4, 5], "val": [2], "test": [2]}
     other = _perturbed_copy(first, tmp_path / "fold2.ckpt", fold=2, splits=splits)
     ensemble = tmp_path / "ensemble.ckpt"
-    proc = run_warm(["-m", "esc50_lightning.pack", first, other, ensemble], env=trained["env"])
+    proc = run_command(["-m", "esc50_lightning.pack", first, other, ensemble], env=trained["env"])
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{other}: its data fold differs from {first}'s" in proc.stderr

@@ -39,12 +39,12 @@ COMMANDS += ["esc50_lightning.report", "esc50_lightning.cache", "train.py", "eva
 def test_help_and_argument_errors_import_neither_torch_nor_lightning(command):
     """``--help`` (and, for the argparse commands, a missing argument) answers before torch,
     Lightning, pandas or matplotlib load: in about a second, not eight."""
-    proc = run_command(["-c", PROBE, command, "--help"])
+    proc = run_command(["-c", PROBE, command, "--help"], cold=True)
     assert proc.stdout.startswith(("usage: python -m esc50_lightning.", f"python {command} ")), proc.stdout
     assert proc.stderr.strip().splitlines()[-1] == "imported:", proc.stderr
     if command.endswith(".py"):
         return
-    proc = run_command(["-c", PROBE, command, "--no-such-option"])
+    proc = run_command(["-c", PROBE, command, "--no-such-option"], cold=True)
     lines = proc.stderr.strip().splitlines()
     assert lines[0].startswith("error: ") and lines[-1] == "imported:", proc.stderr
 
@@ -182,7 +182,7 @@ def test_eval_mistakes_are_one_line_and_leave_no_folder(esc50_root, cache_dir, t
 
 
 def test_text_for_a_number_says_the_key_wants_one(run_train, tmp_path):
-    proc = run_train("model.net.dropout=abc", check=False, warm=True)
+    proc = run_train("model.net.dropout=abc", check=False)
     line = _one_line(proc)
     assert proc.returncode == 2 and line.startswith("error: model.net.dropout=abc: wants a number (float"), (
         line

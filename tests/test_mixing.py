@@ -129,7 +129,7 @@ def test_mixing_weight_must_be_positive() -> None:
 
 
 def test_a_mixup_alpha_of_zero_is_one_line_and_no_run_folder(run_train, tmp_path):
-    proc = run_train("augmentation=mixup", "augmentation.chain.mixup.alpha=0", check=False, warm=True)
+    proc = run_train("augmentation=mixup", "augmentation.chain.mixup.alpha=0", check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert (
         "error: augmentation.chain.mixup (esc50_lightning.features.Mixup): alpha=0 must be above 0 "

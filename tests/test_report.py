@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pandas as pd
 import pytest
-from helpers import command_env, compose_config, run_command, run_dirs, run_warm
+from helpers import command_env, compose_config, run_command, run_dirs
 
 # One epoch of two batches: the report only needs finished runs, not good ones.
 FAST = ["+trainer.limit_train_batches=2", "model=cnn4"]
@@ -134,7 +134,7 @@ def test_unfinished_runs_are_listed_not_averaged(outputs: dict) -> None:
 
 
 def test_report_on_a_folder_without_runs_fails_clearly(tmp_path: Path) -> None:
-    proc = run_warm(["-m", "esc50_lightning.report", tmp_path])
+    proc = run_command(["-m", "esc50_lightning.report", tmp_path])
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path}: no runs found (no folder with .hydra/ or metrics.json)"
 

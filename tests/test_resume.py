@@ -16,7 +16,6 @@ from helpers import (
     make_subset,
     run_command,
     run_dirs,
-    run_warm,
     snapshot,
     start_command,
 )
@@ -127,14 +126,14 @@ def test_resume_refuses_a_checkpoint_of_another_model(tiny_env: dict[str, str], 
     (run,) = run_dirs(tmp_path / "outputs")
     last = run / "checkpoints" / "last.ckpt"
     args = hydra_args("train.py", *OVERRIDES, "model=cnn8", f"ckpt_path={last}", "trainer.max_epochs=2")
-    proc = run_warm(args, env=tiny_env)
+    proc = run_command(args, env=tiny_env)
     assert proc.returncode == 2
     assert f"error: {last}: cannot resume" in proc.stderr
     assert "model.name=cnn8 (checkpoint: cnn4)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert run_dirs(tmp_path / "outputs") == [run], "the refused command leaves no run folder"
     # ... and latest finds nothing for a model that never ran.
-    proc = run_warm(hydra_args("train.py", *OVERRIDES, "model=cnn8", "ckpt_path=latest"), env=tiny_env)
+    proc = run_command(hydra_args("train.py", *OVERRIDES, "model=cnn8", "ckpt_path=latest"), env=tiny_env)
     assert proc.returncode == 2
     assert "error: ckpt_path=latest: no checkpoints/last.ckpt under" in proc.stderr
     assert "model.name=cnn8" in proc.stderr

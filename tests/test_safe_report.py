@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import REPO, TINY, command_env, run_command, run_dirs, run_warm
+from helpers import REPO, TINY, command_env, run_command, run_dirs
 from omegaconf import OmegaConf
 
 from esc50_lightning.commands import report
@@ -221,7 +221,7 @@ MISTAKES = [
 def test_config_mistake_is_one_line(
     esc50_root: Path, tmp_path: Path, script: str, overrides: list[str], message: str
 ) -> None:
-    proc = run_warm([script, *overrides], env=command_env(esc50_root, tmp_path), timeout=120)
+    proc = run_command([script, *overrides], env=command_env(esc50_root, tmp_path), timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip() == message
     assert proc.stdout.strip() == ""
@@ -230,7 +230,7 @@ def test_config_mistake_is_one_line(
 
 def test_full_error_still_shows_hydras_traceback(esc50_root: Path, tmp_path: Path) -> None:
     env = {**command_env(esc50_root, tmp_path), "HYDRA_FULL_ERROR": "1"}
-    proc = run_warm(["train.py", "model=resnet19"], env=env, timeout=120)
+    proc = run_command(["train.py", "model=resnet19"], env=env, timeout=120)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "MissingConfigException" in proc.stderr
 

@@ -54,7 +54,7 @@ def test_out_of_range_settings_are_refused(key: str, value: float) -> None:
 
 
 def test_a_bad_schedule_setting_stops_train_before_the_run(run_train, tmp_path) -> None:
-    proc = run_train("optim=adamw_cosine", "optim.scheduler.final_lr_fraction=-0.1", check=False, warm=True)
+    proc = run_train("optim=adamw_cosine", "optim.scheduler.final_lr_fraction=-0.1", check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "error: optim.scheduler.final_lr_fraction=-0.1 must be in [0, 1]" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -63,7 +63,7 @@ def test_a_bad_schedule_setting_stops_train_before_the_run(run_train, tmp_path) 
 
 def test_torchs_schedules_get_the_same_check(run_train, tmp_path) -> None:
     # OneCycleLR refuses pct_start > 1 only when built, which used to happen once training ran.
-    proc = run_train("optim=adamw_onecycle", "optim.scheduler.pct_start=1.5", check=False, warm=True)
+    proc = run_train("optim=adamw_onecycle", "optim.scheduler.pct_start=1.5", check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: optim.scheduler (torch.optim.lr_scheduler.OneCycleLR):")

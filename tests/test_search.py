@@ -13,12 +13,13 @@ from pathlib import Path
 
 from helpers import command_env, hydra_args, run_command, run_dirs, start_command
 
-# Small and quick on a CPU: cnn4, 8 clips a batch, one batch of training and validation a run.
-SMALL = ["model=cnn4", "data.batch_size=8", "data.eval_batch_size=8"]
+# Small and quick on a CPU: cnn4, 8 clips a batch, one clip per class and fold (a debug mode replaces
+# debug=tiny, which would give that), one batch of training and validation a run.
+SMALL = ["model=cnn4", "data.batch_size=8", "data.eval_batch_size=8", "data.limit_per_class=1"]
 
 
 def test_hparams_search_refused_under_cv(run_train, tmp_path):
-    proc = run_train("hparams_search=lr_wd", check=False, warm=True)
+    proc = run_train("hparams_search=lr_wd", check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "error: hparams_search=lr_wd needs data.protocol=holdout: under cv the validation fold is the "
@@ -27,7 +28,7 @@ def test_hparams_search_refused_under_cv(run_train, tmp_path):
     assert run_dirs(tmp_path / "outputs") == []
 
     proc = run_train(
-        "data.protocol=holdout", "hparams_search=lr_wd", "hparams_search.folds=[2,9]", check=False, warm=True
+        "data.protocol=holdout", "hparams_search=lr_wd", "hparams_search.folds=[2,9]", check=False
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -52,7 +53,7 @@ def test_hparams_search_refused_under_cv(run_train, tmp_path):
             "error: hparams_search.pruner (optuna.pruners.MedianPruner): Number of warmup steps cannot be",
         ),
     ):
-        proc = run_train("data.protocol=holdout", "hparams_search=lr_wd", setting, check=False, warm=True)
+        proc = run_train("data.protocol=holdout", "hparams_search=lr_wd", setting, check=False)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), proc.stderr
     assert run_dirs(tmp_path / "outputs") == []
@@ -196,7 +197,7 @@ def test_hparams_search_killed_then_resumed(run_train, esc50_root, cache_dir, tm
 
     # Continued with other folds, the objective would change meaning: refused in one line.
     again = [*common, "hparams_search.folds=[2,3]", f"hparams_search.dir={sweep}"]
-    proc = run_train(*again, tiny=False, check=False, warm=True)
+    proc = run_train(*again, tiny=False, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
         "error: hparams_search.folds [2, 3] differ from the search's in"
     ), proc.stderr
@@ -288,7 +289,7 @@ def test_every_search_space_names_keys_the_config_has():
 
 
 def test_a_space_around_a_recipe_refuses_another(run_train, tmp_path):
-    proc = run_train("data.protocol=holdout", "hparams_search=long_schedule", check=False, warm=True)
+    proc = run_train("data.protocol=holdout", "hparams_search=long_schedule", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert (
         "error: hparams_search=long_schedule searches the settings of experiment=long_schedule, but this "

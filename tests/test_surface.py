@@ -94,7 +94,7 @@ def test_eval_help_says_what_it_does_and_offers_no_training_group(run_train) -> 
 
 
 def test_eval_without_ckpt_path_fails_with_one_line_naming_it(run_train, tmp_path: Path) -> None:
-    proc = run_train(script="eval.py", tiny=False, check=False, warm=True)
+    proc = run_train(script="eval.py", tiny=False, check=False)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ckpt_path is required"), line

@@ -96,7 +96,7 @@ def test_a_budgeted_run_ends_early_on_a_scored_epoch_with_its_schedule_complete(
     ],
 )
 def test_budget_mistakes_are_one_line_before_training(run_train, tmp_path, overrides, message) -> None:
-    proc = run_train(*overrides, check=False, warm=True)
+    proc = run_train(*overrides, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from helpers import run_dirs
 
-# Small and quick on a CPU: cnn4, 8 clips a batch (the quick settings give 1 clip per class and fold).
-SMALL = ["model=cnn4", "data.batch_size=8", "data.eval_batch_size=8"]
+# Small and quick on a CPU: cnn4, 8 clips a batch, one clip per class and fold (a debug mode replaces
+# debug=tiny, which would give that).
+SMALL = ["model=cnn4", "data.batch_size=8", "data.eval_batch_size=8", "data.limit_per_class=1"]
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) \| train loss [\d.]+ acc ([\d.]+)")
 
 
@@ -50,7 +51,7 @@ def test_debug_limit_two_short_epochs(run_train, tmp_path):
 
 def test_debug_overfit_reaches_full_train_accuracy(run_train, tmp_path):
     # Two batches of 4 clips: memorised in about 8 epochs of about 0.6 s on a CPU.
-    batches_of_4 = ["model=cnn4", "data.batch_size=4", "data.eval_batch_size=4"]
+    batches_of_4 = ["model=cnn4", "data.batch_size=4", "data.eval_batch_size=4", "data.limit_per_class=1"]
     run_train("debug=overfit", *batches_of_4, "trainer.max_epochs=60")
     run = _debug_run(tmp_path)
     epochs = _epochs(run)
@@ -176,7 +177,7 @@ def test_logger_missing_tracker_is_one_line(run_train, tmp_path):
 
 # ---- early stopping -------------------------------------------------------------------------------
 def test_early_stopping_refused_under_cv(run_train, tmp_path):
-    proc = run_train("callbacks.early_stopping.patience=2", check=False, warm=True)
+    proc = run_train("callbacks.early_stopping.patience=2", check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, lines
@@ -215,7 +216,7 @@ def test_trainer_mps_refused_without_apple_gpu(run_train, tmp_path):
         (["trainer=mps", "trainer.accelerator=mps"], "trainer=mps"),
         (["trainer.accelerator=mps"], "trainer.accelerator=mps"),
     ):
-        proc = run_train("debug=fast", *overrides, check=False, warm=True)
+        proc = run_train("debug=fast", *overrides, check=False)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stderr.strip().splitlines() == [f"error: {name}: no Apple GPU (MPS) on this machine"]
     assert run_dirs(tmp_path / "outputs") == []
@@ -232,7 +233,7 @@ def test_gpu_options_refused_without_cuda(run_train, tmp_path):
         ("trainer=gpu", f"error: trainer=gpu: {no_gpu}"),
         ("trainer.accelerator=cuda", f"error: trainer.accelerator=cuda: {no_gpu}"),
     ):
-        proc = run_train(option, "data.limit_per_class=1", tiny=False, check=False, warm=True, env=hidden)
+        proc = run_train(option, "data.limit_per_class=1", tiny=False, check=False, env=hidden)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stderr.strip().splitlines() == [line]
     assert run_dirs(tmp_path / "outputs") == []

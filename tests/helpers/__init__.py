@@ -1,8 +1,8 @@
 """Shared test code. Fixtures live in ``tests/conftest.py`` and call these; test files import from here.
 
 Commands (:mod:`helpers.commands`): ``run_command`` runs ``python <args>`` in the repository and
-waits (``run_warm``, :mod:`helpers.warm`: the same in a fork of a process that imported torch
-once, for commands that stop early), ``start_command`` starts one in the background,
+waits (in a fork of a process that imported torch once, :mod:`helpers.warm`, unless it must start
+cold), ``start_command`` starts one in the background,
 ``hydra_args`` puts ``-m`` first and the tiny-run setting ``TINY`` (``debug=tiny``) before a
 command's overrides, ``command_env`` gives the ``ESC50_ROOT``/``ESC50_CACHE``/``ESC50_OUTPUTS``
 environment, ``run_dirs`` finds the run folders.
@@ -17,7 +17,6 @@ from helpers.datasets import make_subset, snapshot
 from helpers.runs import TrainedRun, train_once
 from helpers.shared import build_once, session_dir
 from helpers.us8k_like import make_us8k_like, us8k_overrides
-from helpers.warm import run_warm
 
 __all__ = [
     "REPO",
@@ -33,7 +32,6 @@ __all__ = [
     "make_us8k_like",
     "run_command",
     "run_dirs",
-    "run_warm",
     "session_dir",
     "snapshot",
     "start_command",

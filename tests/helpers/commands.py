@@ -1,5 +1,6 @@
 """The one runner for repository commands: ``python train.py``, ``python eval.py``,
-``python -m esc50_lightning.<cmd>`` (and ``python -c CODE``), run from the repository root."""
+``python -m esc50_lightning.<cmd>`` (and ``python -c CODE``), run from the repository root,
+without Python's start-up where it can (helpers/warm.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers.warm import REPO, run_in_server, starts_cold
 
 # The tiny-run setting (conf/debug/tiny.yaml): one clip per class and fold, one epoch, CPU, batch 25,
 # no progress bar or model summary. Applied after the recipe; command-line overrides still win.
@@ -62,16 +63,22 @@ def run_command(
     env: dict[str, str] | None = None,
     timeout: float = 600,
     check: bool = False,
+    cold: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run ``python <args...>`` in the repository root and wait, capturing stdout and stderr as text.
 
     ``env`` defaults to :func:`command_env` (): this process's. With ``check``, a non-zero exit
-    raises AssertionError carrying the command and its whole output.
+    raises AssertionError carrying the command and its whole output. The command runs in a fork
+    of a process that imported torch and Lightning once (helpers/warm.py), unless ``cold`` asks
+    for a fresh interpreter (to see what one imports, or to time it) or ``env`` changes what an
+    interpreter reads when it starts (``PYTHONPATH``, ``OMP_NUM_THREADS``, ...).
     """
     argv = _argv(args)
-    proc = subprocess.run(
-        argv, cwd=REPO, env=env or command_env(), capture_output=True, text=True, timeout=timeout
-    )
+    env = env or command_env()
+    if cold or starts_cold(env):
+        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    else:
+        proc = subprocess.CompletedProcess(argv, *run_in_server(argv[1:], env, timeout))
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

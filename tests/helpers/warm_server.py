@@ -5,14 +5,17 @@ names."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import runpy
 import signal
 import sys
+import threading
 import time
 import traceback
+from typing import NoReturn
 
 # What every command of the project imports first: ~5 s a command, paid here once.
 import hydra  # noqa: F401
@@ -21,6 +24,20 @@ import torch  # noqa: F401
 import torchaudio  # noqa: F401
 import torchmetrics  # noqa: F401
 from omegaconf import OmegaConf  # noqa: F401
+
+# The server's own PYTHONPATH folders, as the interpreter put them on sys.path.
+_START_PATH = (
+    [os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep)]
+    if os.environ.get("PYTHONPATH")
+    else []
+)
+
+
+def _python_path(value: str) -> None:
+    """sys.path as an interpreter started with ``PYTHONPATH=value`` (in this directory) has it."""
+    folders = [os.path.abspath(p) for p in value.split(os.pathsep)] if value else []
+    if folders != _START_PATH:
+        sys.path[1:] = folders + [p for p in sys.path[1:] if p not in _START_PATH]
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -32,13 +49,14 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _child(request: dict) -> None:
+def _child(request: dict) -> NoReturn:
     """In the fork: become the command, run it, exit with its status (never returns)."""
     code = 1
     try:
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
+        _python_path(os.environ.get("PYTHONPATH", ""))
         for fd, name in ((1, "stdout"), (2, "stderr")):
             target = os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(target, fd)
@@ -70,7 +88,18 @@ def _child(request: dict) -> None:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        os._exit(code)
+    # End as the interpreter of `python <argv>` would, in its order: threads' exit callbacks run
+    # (executors shut their workers down) and non-daemon threads joined, then exit handlers
+    # (trackers close their runs), streams flushed. Not the interpreter's own teardown after that:
+    # in a forked interpreter it can wait forever on a lock a thread of the server held at the fork.
+    with contextlib.suppress(BaseException):
+        threading._shutdown()  # what Py_FinalizeEx calls first
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def main() -> None:
