@@ -121,7 +121,8 @@ def test_an_error_before_a_resume_is_not_the_reason(finished: Path, tmp_path: Pa
 def test_class_names_come_from_the_runs_records(
     finished: Path, esc50_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """metrics.json first, then a checkpoint's run record, then the dataset CSV the config names."""
+    """metrics.json first, then a checkpoint's run record; never the dataset CSV the run's config
+    names (a run folder may come from anyone: its paths are never read)."""
     names = json.loads((finished / "metrics.json").read_text())["class_names"]
     assert len(names) == 50 and names[0] == "dog"
     run = _copy_run(finished, tmp_path / "run")
@@ -132,7 +133,24 @@ def test_class_names_come_from_the_runs_records(
     assert report.recorded_class_names(run) == names  # from checkpoints/last.ckpt
     shutil.rmtree(run / "checkpoints")
     monkeypatch.setenv("ESC50_ROOT", str(esc50_root))
-    assert report.recorded_class_names(run) == names  # from meta/esc50.csv
+    assert report.recorded_class_names(run) is None  # the config's ${oc.env:ESC50_ROOT,...} unresolved
+
+
+def test_a_recorded_interpolation_is_never_resolved(
+    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder whose config asks for an environment value: the report reads it as unknown,
+    never resolves it, and so never prints the value."""
+    run = _copy_run(finished, tmp_path / "runs" / "run")
+    config = run / ".hydra" / "config.yaml"
+    text = config.read_text()
+    assert "\n  fold: 1\n" in text
+    config.write_text(text.replace("\n  fold: 1\n", "\n  fold: ${oc.env:ESC50_TEST_SECRET}\n"))
+    monkeypatch.setenv("ESC50_TEST_SECRET", "s3cr3t-value")
+    assert report.read_run_config(run).data.fold is None
+    groups, others = report.collect(tmp_path / "runs")
+    shown = repr(groups) + repr(others)
+    assert "s3cr3t-value" not in shown
 
 
 def test_a_report_that_fails_while_writing_leaves_the_previous_one(

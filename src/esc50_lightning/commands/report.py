@@ -43,7 +43,6 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from esc50_lightning.checkpoints.record import read_checkpoint
 from esc50_lightning.commands.arguments import report_parser
 from esc50_lightning.commands.search_summary import is_search, search_report
-from esc50_lightning.data.table import DatasetSpec, read_table
 from esc50_lightning.errors import UserError, run_guarded
 from esc50_lightning.hydra_ext.task import check_value_types
 from esc50_lightning.tasks.results import read_run_config
@@ -164,8 +163,6 @@ def _config_error(run_dir: Path) -> str | None:
         check_value_types(cfg)
     except UserError as err:
         return str(err)
-    except Exception:  # an interpolation this process cannot resolve: not a verdict
-        return None
     return None
 
 
@@ -307,9 +304,10 @@ def _class_names(runs: list[Run], seen: dict[int, str], n: int) -> list[str]:
 
 
 def recorded_class_names(run_dir: Path) -> list[str] | None:
-    """The class names a run recorded: in metrics.json, else in a checkpoint's run record, else
-    in the dataset CSV its composed config names; ``None`` when none of them can be read."""
-    for source in (_names_in_metrics, _names_in_checkpoint, _names_in_dataset):
+    """The class names a run recorded: in metrics.json, else in a checkpoint's run record;
+    ``None`` when neither can be read. A path the run's config names is never read: the folder
+    may come from anyone."""
+    for source in (_names_in_metrics, _names_in_checkpoint):
         try:
             names = source(run_dir)
         except Exception:  # a missing, damaged or foreign record: try the next one
@@ -329,14 +327,6 @@ def _names_in_checkpoint(run_dir: Path) -> list[str] | None:
         if path.is_file():  # the project's safe reader: weights only, the run record checked
             return read_checkpoint(path)["esc50"]["data"]["class_names"]
     return None
-
-
-def _names_in_dataset(run_dir: Path) -> list[str] | None:
-    cfg = read_run_config(run_dir)
-    if cfg is None:
-        return None
-    dataset = OmegaConf.to_container(cfg.data.dataset, resolve=True)
-    return read_table(DatasetSpec(**dataset)).class_names  # type: ignore[arg-type]
 
 
 def collect(root: Path, exclude: Path | None = None) -> tuple[list[Group], list[Run]]:

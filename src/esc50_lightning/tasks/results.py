@@ -172,9 +172,24 @@ def write_results(trainer: Any, module: Any, datamodule: Any, run_dir: Path, bes
 
 
 def read_run_config(run_dir: Path) -> DictConfig | None:
-    """The composed config a run folder records (``.hydra/config.yaml``); ``None`` if absent or unreadable."""
+    """The composed config a run folder records (``.hydra/config.yaml``), as plain recorded values;
+    ``None`` if absent or unreadable.
+
+    A run folder may come from anyone: a recorded ``${...}`` is never resolved (it could read the
+    environment or build objects), so every string holding one reads as unknown (``None``).
+    """
     try:
         loaded = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     except Exception:
         return None
-    return loaded if isinstance(loaded, DictConfig) else None
+    if not isinstance(loaded, DictConfig):
+        return None
+    return OmegaConf.create(_without_interpolations(OmegaConf.to_container(loaded, resolve=False)))
+
+
+def _without_interpolations(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_interpolations(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_interpolations(v) for v in value]
+    return None if isinstance(value, str) and "${" in value else value
