@@ -4,13 +4,12 @@ without Python's start-up where it can (helpers/warm.py)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from helpers.warm import REPO, run_in_server, starts_cold
+from helpers.warm import REPO, base_env, run_in_server, starts_cold
 
 # The tiny-run setting (conf/debug/tiny.yaml): one clip per class and fold, one epoch, CPU, batch 25,
 # no progress bar or model summary. Applied after the recipe; command-line overrides still win.
@@ -32,7 +31,7 @@ def command_env(
     ``extra`` adds or replaces variables (``CUDA_VISIBLE_DEVICES=""``). A variable whose value and
     default are both unset is inherited from this process.
     """
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = base_env()
     if root is not None:
         env["ESC50_ROOT"] = str(root)
     if cache is not None or work is not None:

@@ -36,27 +36,31 @@ _server_env: dict[str, str] = {}
 _READ_AT_START = re.compile(r"PYTHON\w*|\w+_NUM_THREADS|LD_PRELOAD|LD_LIBRARY_PATH|MALLOC_\w+")
 
 
+def base_env() -> dict[str, str]:
+    """What a command's environment starts from (:func:`helpers.command_env`): this process's."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
 def starts_cold(env: dict[str, str]) -> bool:
     """Whether a command with ``env`` must start its own interpreter: it changes a variable read at
     start-up (:data:`_READ_AT_START`) from the server's (this process's environment), or its
     ``PYTHONPATH`` holds a ``sitecustomize`` or ``usercustomize`` module, which only a starting
     interpreter runs."""
-    reference = _server_env or {**os.environ, "PYTHONUNBUFFERED": "1"}
-    changed = {
-        n for n in {*env, *reference} if _READ_AT_START.fullmatch(n) and env.get(n) != reference.get(n)
-    }
+    reference = _server_env or base_env()
+    names = {*env, *reference}
+    changed = {n for n in names if _READ_AT_START.fullmatch(n) and env.get(n) != reference.get(n)}
     if changed - {"PYTHONPATH"}:
         return True
-    folders = (
-        [REPO / p for p in env.get("PYTHONPATH", "").split(os.pathsep)] if "PYTHONPATH" in changed else []
-    )
-    return any((f / f"{name}.py").exists() for f in folders for name in ("sitecustomize", "usercustomize"))
+    if "PYTHONPATH" not in changed:
+        return False
+    folders = [REPO / p for p in env.get("PYTHONPATH", "").split(os.pathsep)]
+    return any((f / f"{m}.py").exists() for f in folders for m in ("sitecustomize", "usercustomize"))
 
 
 def _start() -> subprocess.Popen:
     global _server, _server_env
     if _server is None or _server.poll() is not None:
-        _server_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        _server_env = base_env()
         _server = subprocess.Popen(
             [sys.executable, str(_SERVER)],
             stdin=subprocess.PIPE,
