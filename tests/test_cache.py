@@ -174,3 +174,44 @@ def test_splits_serve_batches_from_the_mapped_cache_file(esc50_root: Path, tmp_p
     assert batch["y"].tolist() == dm.table.labels[expected_rows.numpy()].tolist()
     everything = train.__getitems__(list(range(len(train.rows))))  # what the bare loop holds
     assert np.array_equal(everything["x"].numpy(), cached[train.rows.numpy()])
+
+
+def test_eval_decodes_only_the_fold_it_scores_unless_every_clip_is_cached(
+    esc50_root: Path, tmp_path: Path
+) -> None:
+    """``load_splits=["test"]`` (eval.py): on a cold cache only the scored fold's clips are decoded
+    and cached. Once a training run has cached every clip, that entry serves the same test batch
+    and nothing new is written."""
+    import torch
+
+    from esc50_lightning.features import LogMel
+
+    root, cache = tmp_path / "esc50", tmp_path / "cache"
+    make_subset(esc50_root, root, classes=4, per_fold=2)  # 40 real clips, 8 in fold 1
+    spec = DatasetSpec(name="esc50", root=str(root), folds=[1, 2, 3, 4, 5], num_classes=50)
+
+    def datamodule(**kwargs) -> FoldedAudioDataModule:
+        return FoldedAudioDataModule(spec, fold=1, cache_dir=str(cache), frontend=LogMel(), **kwargs)
+
+    def test_batch(dm: FoldedAudioDataModule) -> dict:
+        dm.prepare_data()
+        dm.setup("test")
+        (batch,) = list(dm.test_dataloader())
+        return {**batch, "files": [dm.table.files[i] for i in batch["row"].tolist()]}
+
+    def entries() -> dict[str, int]:
+        return {p.stem: json.loads(p.read_text())["shape"][0] for p in (cache / "esc50").glob("*.json")}
+
+    cold = datamodule(load_splits=["test"])
+    first = test_batch(cold)
+    assert len(cold.table) == 8 and set(cold.table.folds.tolist()) == {1}
+    assert sorted(entries().values()) == [8, 8]  # waveforms and log-mels of fold 1 alone
+
+    datamodule().prepare_data()  # what training caches: every clip
+    trained = entries()
+    assert sorted(trained.values()) == [8, 8, 40, 40]
+    warm = datamodule(load_splits=["test"])
+    again = test_batch(warm)
+    assert len(warm.table) == 40 and entries() == trained
+    assert again["files"] == first["files"] and len(first["files"]) == 8
+    assert torch.equal(again["x"], first["x"]) and torch.equal(again["y"], first["y"])

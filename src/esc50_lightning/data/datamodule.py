@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,9 @@ class FoldedAudioDataModule(L.LightningDataModule):
     With ``device_resident`` the whole cache is copied once to the training device and batches are
     gathered there (``DeviceBatches``): no DataLoader, no host-to-device copy per step. One process
     per device: refused under DDP.
+
+    ``load_splits`` names the splits whose clips are read (all by default): eval.py reads only
+    ``test``, so on a cold cache it decodes the fold it scores, not the whole dataset.
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
         limit_per_class: int | None = None,
         download_sha256: str | None = None,
         device_resident: bool = False,
+        load_splits: Sequence[str] | None = None,
     ):
         super().__init__()
         self.spec = dataset if isinstance(dataset, DatasetSpec) else DatasetSpec(**dict(dataset))
@@ -150,6 +154,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
         self.limit_per_class = limit_per_class
         self.download_sha256 = download_sha256
         self.device_resident = device_resident
+        self.load_splits = None if load_splits is None else list(load_splits)
         self._resident: tuple[torch.Tensor, torch.Tensor] | None = None
         self.store = ClipStore(self.spec, self.cache_root / self.spec.name, frontend)
         if cache_features and frontend is None:
@@ -166,6 +171,11 @@ class FoldedAudioDataModule(L.LightningDataModule):
             if self.limit_per_class:
                 table = table.select(self._first_per_class(table, self.limit_per_class))
             self.splits = fold_splits(table.fold_ids, self.fold, self.protocol)
+            if self.load_splits is not None and not self.store.is_cached(table, self.cache_features):
+                # Decode only the folds these splits read (eval: the one it scores); a cache of
+                # every clip, where there is one, serves as it is.
+                folds = sorted({f for split in self.load_splits for f in self.splits[split]})
+                table = table.select(np.isin(table.folds, folds))
             self._table = table
         return self._table
 

@@ -80,6 +80,15 @@ class ArrayCache:
         """The cached array, or None when absent, stale or damaged."""
         return self.open()[0]
 
+    def finished(self) -> bool:
+        """Whether a finished entry for this key is there (its marker names the key); the file is
+        only checked when it is opened."""
+        try:
+            meta = json.loads(self.marker_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(meta, dict) and meta.get("key") == self.key
+
     def open(self, verify: bool = True) -> tuple[np.ndarray | None, str | None]:
         """``(array, None)`` for a valid entry; ``(None, why)`` when the file is damaged;
         ``(None, None)`` when there is no finished entry for this key (never built, interrupted).
@@ -234,10 +243,26 @@ class ClipStore:
             rest = [i for i, path in enumerate(table.paths) if str(path) not in bad]
             _, decode_problems = self._decode(table, rest)
             raise DataError(sorted(problems + decode_problems))
+        return self._fingerprint(stats)
+
+    def _fingerprint(self, stats: list[tuple[str, int, int]]) -> str:
         payload = json.dumps(
             {"files": stats, "rate": self.spec.sample_rate, "samples": self.spec.clip_samples, "v": 1}
         )
         return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+    def is_cached(self, table: FoldedTable, features: bool) -> bool:
+        """Whether ``table``'s clips have a finished entry already (their log-mels with
+        ``features``, else their waveforms); reads no audio, and says False where a file is
+        missing (building reports it)."""
+        stats, problems = self._file_stats(table)
+        if problems:
+            return False
+        key = self._fingerprint(stats)
+        if features:
+            key = self._feature_key(key)
+            return ArrayCache(self.directory, f"logmel-{key}", key).finished()
+        return ArrayCache(self.directory, f"waveforms-{key}", key).finished()
 
     def _feature_key(self, waveform_key: str) -> str:
         assert self.frontend is not None

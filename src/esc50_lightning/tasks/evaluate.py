@@ -44,6 +44,7 @@ def eval_data_config(cfg: DictConfig, trained: dict[str, Any], fold: int, where:
         data.dataset.clip_seconds = trained["clip_seconds"]
         data.fold = fold
         data.protocol = trained["protocol"]
+        data.load_splits = ["test"]  # decode and cache only the fold scored
     return data
 
 
