@@ -19,8 +19,10 @@ FAST = "bf16+cl" if cpu_has_native_bf16() is not False else "fp32+cl"
 
 def test_bench_quick_path_prints_every_table(esc50_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    args = ["--limit-per-class", "1", "--repeats", "1", "--steps", "1", "--models", "cnn4"]
-    args += ["--variants", f"fp32,{FAST}", "--threads", "1", "--json", str(out), "--root", str(esc50_root)]
+    # batches of 8: every table, at a fraction of the default batch's compute
+    args = ["--limit-per-class", "1", "--repeats", "1", "--steps", "1", "--batch-size", "8"]
+    args += ["--models", "cnn4", "--variants", f"fp32,{FAST}", "--threads", "1", "--json", str(out)]
+    args += ["--root", str(esc50_root)]
     proc = run_command(["-m", "benchmarks", *args], env=command_env(esc50_root, tmp_path))
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout

@@ -59,7 +59,8 @@ def test_a_budgeted_run_ends_early_on_a_scored_epoch_with_its_schedule_complete(
         f"trainer.max_epochs={cap}",
         "trainer.check_val_every_n_epoch=2",
         "+trainer.limit_train_batches=2",
-        "callbacks.time_budget.minutes=0.2",
+        "data.batch_size=8",
+        "callbacks.time_budget.minutes=0.1",
     )
     (run,) = run_dirs(tmp_path / "outputs")
     log = (run / "train.log").read_text()

@@ -26,8 +26,11 @@ MODELS = ["cnn4", "cnn8", "vgg8", "resnet18"]
 @pytest.fixture(scope="module")
 def multirun(trained_run) -> dict:
     """One ``-m`` sweep over every model, one epoch each (one process: the runs share its startup)."""
-    # Two training batches keep the wide models quick; validation still covers all 50 fold-1 clips.
-    sweep = trained_run("-m", "+trainer.limit_train_batches=2", f"model={','.join(MODELS)}")
+    # One training batch of 8 clips keeps the wide models quick; validation still covers all 50
+    # fold-1 clips.
+    sweep = trained_run(
+        "-m", "+trainer.limit_train_batches=1", "data.batch_size=8", f"model={','.join(MODELS)}"
+    )
     return {"proc": sweep.proc, "runs": sweep.runs}
 
 
