@@ -2,7 +2,8 @@
 
 Commands (:mod:`helpers.commands`): ``run_command`` runs ``python <args>`` in the repository and
 waits (in a fork of a process that imported torch once, :mod:`helpers.warm`, unless it must start
-cold), ``start_command`` starts one in the background,
+cold), ``start_command`` starts one in the background (in the same server, signalled and waited
+for as a ``Popen``),
 ``hydra_args`` puts ``-m`` first and the tiny-run setting ``TINY`` (``debug=tiny``) before a
 command's overrides, ``command_env`` gives the ``ESC50_ROOT``/``ESC50_CACHE``/``ESC50_OUTPUTS``
 environment, ``run_dirs`` finds the run folders.

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from helpers.warm import REPO, base_env, run_in_server, starts_cold
+from helpers.warm import REPO, WarmProcess, base_env, run_in_server, start_in_server, starts_cold
 
 # The tiny-run setting (conf/debug/tiny.yaml): one clip per class and fold, one epoch, CPU, batch 25,
 # no progress bar or model summary. Applied after the recipe; command-line overrides still win.
@@ -83,13 +83,26 @@ def run_command(
     return proc
 
 
+# What a background command may be asked for in the warm server; anything else starts it cold.
+_WARM_OPTIONS = {"stdout", "stderr", "start_new_session"}
+
+
 def start_command(
-    args: Sequence[str | Path], *, env: dict[str, str] | None = None, **popen
-) -> subprocess.Popen:
+    args: Sequence[str | Path], *, env: dict[str, str] | None = None, cold: bool = False, **popen
+) -> subprocess.Popen | WarmProcess:
     """Start ``python <args...>`` in the repository root without waiting (to signal it, or to run
-    several at once). Output is piped as text unless ``popen`` says otherwise (``stdout=...``)."""
-    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
-    return subprocess.Popen(_argv(args), cwd=REPO, env=env or command_env(), **options)
+    several at once). Output is piped as text unless ``popen`` says otherwise (``stdout=...``,
+    ``stderr=subprocess.STDOUT``, an open file, ``start_new_session=True``).
+
+    It starts in the warm server (:class:`helpers.warm.WarmProcess`, polled, signalled and waited
+    for as a ``Popen``) unless ``cold``, its environment, or another ``Popen`` option asks for a
+    fresh interpreter.
+    """
+    argv, env = _argv(args), env or command_env()
+    if cold or starts_cold(env) or set(popen) - _WARM_OPTIONS:
+        options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+        return subprocess.Popen(argv, cwd=REPO, env=env, **options)
+    return start_in_server(argv[1:], env, **popen)
 
 
 def run_dirs(outputs: Path) -> list[Path]:

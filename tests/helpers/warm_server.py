@@ -1,7 +1,8 @@
 """The server of :mod:`helpers.warm`: imports the heavy libraries once, then for each request (a
 JSON line on stdin) forks a child that runs the command as ``python <argv>`` would, and answers
 with its exit status (a JSON line on stdout). The child's output goes to the files the request
-names."""
+names. A ``background`` request is answered at once with the child's pid; its exit status is
+written to the request's ``status`` file when the server reaps it."""
 
 from __future__ import annotations
 
@@ -73,15 +74,41 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
+# Background children still running: pid -> the file their exit status goes to.
+_background: dict[int, str] = {}
+
+
+def _reap(*_: object) -> None:
+    """Collect the background children that have ended and write their exit statuses (SIGCHLD)."""
+    for pid in list(_background):
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue  # reaped by a call this signal interrupted
+        status_path = _background.pop(pid, None) if done else None
+        if status_path:
+            tmp = f"{status_path}.tmp"
+            with open(tmp, "w") as out:
+                json.dump({"returncode": os.waitstatus_to_exitcode(status)}, out)
+            os.replace(tmp, status_path)
+
+
 def _child(request: dict) -> NoReturn:
     """In the fork: become the command, run it, exit with its status (never returns)."""
     code = 1
     try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server's reaper is not the command's
+        _background.clear()
+        if request.get("new_session"):
+            os.setsid()
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
         _python_path(os.environ.get("PYTHONPATH", ""))
         for fd, name in ((1, "stdout"), (2, "stderr")):
+            if request[name] is None:  # stderr=subprocess.STDOUT
+                os.dup2(1, fd)
+                continue
             target = os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(target, fd)
             os.close(target)
@@ -127,11 +154,17 @@ def _child(request: dict) -> NoReturn:
 
 
 def main() -> None:
+    signal.signal(signal.SIGCHLD, _reap)
     for line in sys.stdin:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
             _child(request)
+        if request.get("background"):
+            _background[pid] = request["status"]
+            _reap()  # it may have ended before it was listed
+            print(json.dumps({"pid": pid}), flush=True)
+            continue
         deadline = time.monotonic() + float(request.get("timeout", 300))
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
