@@ -41,7 +41,13 @@ def sweep_then_sigterm(esc50_root: Path, cache_dir: Path, tmp_path: Path, *launc
     return the worker processes still alive 30 s after it died."""
     env = command_env(esc50_root, tmp_path, cache=cache_dir)
     args = hydra_args("train.py", "-m", "hydra/launcher=local_parallel", *launcher)
-    args += ["model=cnn4", "trainer.max_epochs=1000", "logger=none", "data.fold=1,2"]
+    args += [
+        "model=cnn4",
+        "trainer.max_epochs=1000",
+        "+trainer.limit_train_batches=2",
+        "logger=none",
+        "data.fold=1,2",
+    ]
     log = (tmp_path / "sweep.log").open("w")
     sweep = start_command(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -162,10 +162,13 @@ def test_logger_wandb_offline_run(run_train, tmp_path):
 
 
 def test_logger_missing_tracker_is_one_line(run_train, tmp_path):
-    # This install has MLflow: a sitecustomize makes `import mlflow` fail as where it is absent.
+    # This install has MLflow: a package of that name first on PYTHONPATH makes `import mlflow`
+    # fail as where it is absent (no sitecustomize, so the command need not start cold).
     blocker = tmp_path / "block"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['mlflow'] = None\n")
+    (blocker / "mlflow").mkdir(parents=True)
+    (blocker / "mlflow" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'mlflow'\", name='mlflow')\n"
+    )
     path = os.pathsep.join(p for p in (str(blocker), os.environ.get("PYTHONPATH", "")) if p)
     for choice in ("mlflow", "many"):
         proc = run_train("debug=fast", f"logger={choice}", check=False, env={"PYTHONPATH": path})
