@@ -80,14 +80,23 @@ class ArrayCache:
         """The cached array, or None when absent, stale or damaged."""
         return self.open()[0]
 
+    def _marker(self) -> tuple[dict[str, Any] | None, str | None]:
+        """This key's marker: ``(meta, None)``; ``(None, why)`` when it cannot be read;
+        ``(None, None)`` when there is none, or it is another key's (stale, not damaged)."""
+        try:
+            meta = json.loads(self.marker_path.read_text())
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError) as err:
+            return None, f"unreadable marker {self.marker_path.name} ({err})"
+        if not isinstance(meta, dict) or meta.get("key") != self.key:
+            return None, None
+        return meta, None
+
     def finished(self) -> bool:
         """Whether a finished entry for this key is there (its marker names the key); the file is
         only checked when it is opened."""
-        try:
-            meta = json.loads(self.marker_path.read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(meta, dict) and meta.get("key") == self.key
+        return self._marker()[0] is not None
 
     def open(self, verify: bool = True) -> tuple[np.ndarray | None, str | None]:
         """``(array, None)`` for a valid entry; ``(None, why)`` when the file is damaged;
@@ -97,14 +106,9 @@ class ArrayCache:
         write (none is made) would stay private to this process; torch takes it without copying.
         ``verify`` checks the file's CRC-32s against the marker (a full read of the file).
         """
-        try:
-            meta = json.loads(self.marker_path.read_text())
-        except FileNotFoundError:
-            return None, None
-        except (OSError, ValueError) as err:
-            return None, f"unreadable marker {self.marker_path.name} ({err})"
-        if not isinstance(meta, dict) or meta.get("key") != self.key:
-            return None, None  # another key's entry: stale, not damaged
+        meta, damage = self._marker()
+        if meta is None:
+            return None, damage
         try:
             size = self.array_path.stat().st_size
             if size != meta["bytes"]:
@@ -259,10 +263,16 @@ class ClipStore:
         if problems:
             return False
         key = self._fingerprint(stats)
-        if features:
-            key = self._feature_key(key)
-            return ArrayCache(self.directory, f"logmel-{key}", key).finished()
-        return ArrayCache(self.directory, f"waveforms-{key}", key).finished()
+        return (self._logmels(key) if features else self._waveforms(key)).finished()
+
+    def _waveforms(self, waveform_key: str) -> ArrayCache:
+        """The waveform entry of the clips whose fingerprint is ``waveform_key``."""
+        return ArrayCache(self.directory, f"waveforms-{waveform_key}", waveform_key)
+
+    def _logmels(self, waveform_key: str) -> ArrayCache:
+        """The log-mel entry of those clips, for this frontend."""
+        key = self._feature_key(waveform_key)
+        return ArrayCache(self.directory, f"logmel-{key}", key)
 
     def _feature_key(self, waveform_key: str) -> str:
         assert self.frontend is not None
@@ -284,8 +294,7 @@ class ClipStore:
             ) from err
 
     def waveforms(self, table: FoldedTable) -> np.ndarray:
-        key = self._waveform_key(table)
-        cache = ArrayCache(self.directory, f"waveforms-{key}", key)
+        cache = self._waveforms(self._waveform_key(table))
         array, built = self._cached(cache, lambda: self.decode_all(table))
         if built:
             log.info("Cached %d decoded clips in %s", len(table), cache.array_path)
@@ -347,8 +356,7 @@ class ClipStore:
 
     def features(self, table: FoldedTable) -> np.ndarray:
         assert self.frontend is not None
-        key = self._feature_key(self._waveform_key(table))
-        cache = ArrayCache(self.directory, f"logmel-{key}", key)
+        cache = self._logmels(self._waveform_key(table))
 
         def build() -> np.ndarray:
             waves = self.waveforms(table)
